@@ -1,0 +1,220 @@
+// Package actors runs tokenbroker's protoactor-go actors: one provider actor
+// per credential, owning its source and cached token and applying the
+// refresh policy; one session actor per runtime session, routing token
+// requests to its providers by name; and a Router per runtime connection
+// mapping session ids to sessions.
+//
+// The hot path does not cross an actor when the cache can answer: a provider
+// actor publishes an immutable snapshot of its token that Router.Acquire
+// reads, and only misses (cold, stale, bare, failing) become messages.
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tokenbroker/tokenbroker/tokens"
+	"github.com/tokenbroker/tokenbroker/tracing"
+)
+
+// DefaultRequestTimeout bounds a token request that has to wait for a
+// credential.
+const DefaultRequestTimeout = 30 * time.Second
+
+// Options configure a Broker. The zero value is usable.
+type Options struct {
+	// Logger receives tokenbroker's and protoactor-go's logs. Nil: silent.
+	Logger *slog.Logger
+	// Policy is the token refresh policy. Zero: tokens.DefaultPolicy().
+	Policy *tokens.Policy
+	// RequestTimeout bounds each token request that must wait for its
+	// credential. Zero: DefaultRequestTimeout.
+	RequestTimeout time.Duration
+	// Clock and Rand replace the real clock and random draws in tests.
+	Clock tokens.Clock
+	Rand  func() float64
+	// TracerProvider and MeterProvider default to the global ones.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+}
+
+// Broker owns the actor system, the shared credentials and the routers of
+// every runtime connection. Close releases all of it.
+type Broker struct {
+	system  *actor.ActorSystem
+	root    *actor.RootContext
+	log     *slog.Logger
+	policy  tokens.Policy
+	timeout time.Duration
+	clock   tokens.Clock
+	rand    func() float64
+	tracer  trace.Tracer
+	metrics *instruments
+
+	ctx    context.Context // cancelled by Close: ends every credential call
+	cancel context.CancelFunc
+
+	live    sync.WaitGroup // actors spawned and not yet stopped
+	fetches sync.WaitGroup // credential calls in progress
+
+	mu      sync.Mutex
+	closed  bool
+	routers map[*Router]struct{}
+	creds   map[*Credential]struct{}
+
+	sessionsOpen  atomic.Int64
+	providersLive atomic.Int64
+}
+
+// NewBroker starts a broker.
+func NewBroker(opts Options) *Broker {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	policy := tokens.DefaultPolicy()
+	if opts.Policy != nil {
+		policy = opts.Policy.Normalize()
+	}
+	b := &Broker{
+		log:     log,
+		policy:  policy,
+		timeout: opts.RequestTimeout,
+		clock:   opts.Clock,
+		rand:    opts.Rand,
+		routers: map[*Router]struct{}{},
+		creds:   map[*Credential]struct{}{},
+	}
+	if b.timeout <= 0 {
+		b.timeout = DefaultRequestTimeout
+	}
+	if b.clock == nil {
+		b.clock = tokens.SystemClock
+	}
+	if b.rand == nil {
+		b.rand = tokens.RandomDraw
+	}
+	tp := opts.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	b.tracer = tp.Tracer(tracing.InstrumentationName)
+	mp := opts.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	b.metrics = newInstruments(mp.Meter(tracing.InstrumentationName), b)
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	actorLog := log.With("lib", "protoactor")
+	b.system = actor.NewActorSystem(
+		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLog }),
+		// Token requests never carry a protoactor sender; a dead letter is
+		// worth a debug line at most.
+		actor.WithDeadLetterRequestLogging(false),
+	)
+	b.root = b.system.Root
+	return b
+}
+
+// Logger returns the logger the broker was given (a silent one by default).
+func (b *Broker) Logger() *slog.Logger { return b.log }
+
+// Policy returns the refresh policy in force.
+func (b *Broker) Policy() tokens.Policy { return b.policy }
+
+// RequestTimeout returns the bound on a token request that waits.
+func (b *Broker) RequestTimeout() time.Duration { return b.timeout }
+
+// NewRouter returns the session registry of one runtime connection. Token
+// requests arriving on that connection must be answered through it and no
+// other: a session opened on one Router is unknown to every other.
+func (b *Broker) NewRouter() *Router {
+	r := &Router{b: b, sessions: map[string]*session{}}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		r.closed = true
+		return r
+	}
+	b.routers[r] = struct{}{}
+	return r
+}
+
+// closeTimeout bounds how long Close waits for credential calls that ignore
+// their context.
+const closeTimeout = 5 * time.Second
+
+// Close stops every session, provider and shared credential, cancels the
+// credential calls in progress and waits for them and for every actor to
+// stop. It returns an error if a credential call ignored its cancellation
+// for longer than a few seconds; the broker is closed anyway.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	routers := make([]*Router, 0, len(b.routers))
+	for r := range b.routers {
+		routers = append(routers, r)
+	}
+	creds := make([]*Credential, 0, len(b.creds))
+	for c := range b.creds {
+		creds = append(creds, c)
+	}
+	b.mu.Unlock()
+
+	for _, r := range routers {
+		r.Close()
+	}
+	for _, c := range creds {
+		c.Close()
+	}
+	b.cancel()
+	b.live.Wait()
+	var err error
+	if !waitTimeout(&b.fetches, closeTimeout) {
+		err = fmt.Errorf("tokenbroker: credential calls still running %s after Close: a Source ignores its context", closeTimeout)
+	}
+	b.system.Shutdown()
+	b.metrics.close()
+	return err
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (b *Broker) forget(r *Router) {
+	b.mu.Lock()
+	delete(b.routers, r)
+	b.mu.Unlock()
+}
+
+// spawn starts an actor under the root and tracks it until it stops.
+func (b *Broker) spawn(props *actor.Props) *actor.PID {
+	b.live.Add(1)
+	return b.root.Spawn(props)
+}
+
+var errBrokerClosed = errors.New("broker closed")

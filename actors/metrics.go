@@ -1,0 +1,50 @@
+package actors
+
+import (
+	"context"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/tokenbroker/tokenbroker/tracing"
+)
+
+// instruments are the broker's own metrics; token request metrics belong to
+// the transport, which knows the dialect.
+type instruments struct {
+	refreshes       metric.Int64Counter
+	refreshDuration metric.Float64Histogram
+	gauges          metric.Registration
+}
+
+func newInstruments(m metric.Meter, b *Broker) *instruments {
+	in := &instruments{}
+	// Instrument constructors only fail on invalid names; ours are constant
+	// and valid, and a failed one is a no-op instrument anyway.
+	in.refreshes, _ = m.Int64Counter(tracing.MetricRefreshes,
+		metric.WithDescription("Credential calls made to refresh a cached token, by reason and outcome."))
+	in.refreshDuration, _ = m.Float64Histogram(tracing.MetricRefreshDuration,
+		metric.WithDescription("Duration of credential calls."), metric.WithUnit("s"))
+	sessions, _ := m.Int64ObservableUpDownCounter(tracing.MetricActiveSessions,
+		metric.WithDescription("Sessions whose token routing is open."))
+	providers, _ := m.Int64ObservableUpDownCounter(tracing.MetricActiveProviders,
+		metric.WithDescription("Provider actors running, per-session and shared."))
+	in.gauges, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(sessions, b.sessionsOpen.Load())
+		o.ObserveInt64(providers, b.providersLive.Load())
+		return nil
+	}, sessions, providers)
+	return in
+}
+
+func (in *instruments) refreshed(reason Reason, outcome string, seconds float64) {
+	set := metric.WithAttributeSet(attribute.NewSet(tracing.RefreshReason.String(reason.String()), tracing.Outcome.String(outcome)))
+	in.refreshes.Add(context.Background(), 1, set)
+	in.refreshDuration.Record(context.Background(), seconds, set)
+}
+
+func (in *instruments) close() {
+	if in.gauges != nil {
+		_ = in.gauges.Unregister()
+	}
+}

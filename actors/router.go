@@ -1,0 +1,190 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/tokenbroker/tokenbroker/tokens"
+)
+
+// Provider declares one of a session's bearer-token providers.
+type Provider struct {
+	// Name is the provider name the runtime asks with ("default" for a
+	// session's whole-session provider).
+	Name string
+	// Scope is the configured scope, passed to the Source; a request naming
+	// another non-empty scope is refused.
+	Scope string
+	// Source supplies the tokens. A *Credential shares its cache with every
+	// other session that uses it; any other Source gets a cache of its own.
+	Source tokens.Source
+}
+
+// Router is the session registry of one runtime connection.
+type Router struct {
+	b        *Broker
+	mu       sync.RWMutex
+	sessions map[string]*session
+	closed   bool
+}
+
+// Open registers a session's providers. Call it before the session.create
+// (or session.resume) request goes out, so the runtime's first token request
+// finds the session.
+func (r *Router) Open(sessionID string, providers []Provider) error {
+	if sessionID == "" {
+		return errors.New("tokenbroker: Open: empty session id")
+	}
+	s := &session{id: sessionID, routes: make([]route, 0, len(providers)), done: make(chan struct{})}
+	for _, pv := range providers {
+		if pv.Name == "" || pv.Source == nil {
+			return fmt.Errorf("tokenbroker: Open %q: provider needs a name and a Source", sessionID)
+		}
+		if s.route(pv.Name) != nil {
+			return fmt.Errorf("tokenbroker: Open %q: provider %q declared twice", sessionID, pv.Name)
+		}
+		rt := route{name: pv.Name, scope: pv.Scope}
+		if c, ok := pv.Source.(*Credential); ok {
+			if c.p.b != r.b {
+				return fmt.Errorf("tokenbroker: Open %q: %s belongs to another broker", sessionID, c)
+			}
+			if pv.Scope != "" && pv.Scope != c.p.scope {
+				return fmt.Errorf("tokenbroker: Open %q: provider %q scope %q differs from %s scope %q", sessionID, pv.Name, pv.Scope, c, c.p.scope)
+			}
+			if c.closed() {
+				return fmt.Errorf("tokenbroker: Open %q: %w", sessionID, closedError(c.String()))
+			}
+			rt.p = c.p
+		} else {
+			rt.p = &provider{b: r.b, name: pv.Name, scope: pv.Scope, src: pv.Source}
+		}
+		s.routes = append(s.routes, rt)
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return closedError("connection")
+	}
+	if _, dup := r.sessions[sessionID]; dup {
+		return newError(ErrSessionExists, nil, "session %q is already registered on this connection", sessionID)
+	}
+	for _, rt := range s.routes {
+		if c := rt.p.shared; c != nil {
+			c.hold()
+		}
+	}
+	s.pid = r.b.spawn(newSessionProps(r.b, s))
+	r.sessions[sessionID] = s
+	return nil
+}
+
+// CloseSession stops a session's routing: its pending requests fail at
+// once, its per-session providers stop, and shared credentials it used lose
+// a reference.
+func (r *Router) CloseSession(sessionID string) error {
+	r.mu.Lock()
+	s := r.sessions[sessionID]
+	delete(r.sessions, sessionID)
+	r.mu.Unlock()
+	if s == nil {
+		return unknownSession(sessionID)
+	}
+	s.close(r.b.root)
+	return nil
+}
+
+// Close closes every session of this connection. Call it when the
+// connection ends.
+func (r *Router) Close() {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.closed = true
+	all := r.sessions
+	r.sessions = nil
+	r.mu.Unlock()
+	for _, s := range all {
+		s.close(r.b.root)
+	}
+	r.b.forget(r)
+}
+
+// Len is the number of open sessions.
+func (r *Router) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.sessions)
+}
+
+func (r *Router) lookup(req tokens.Request) (*session, *route, error) {
+	r.mu.RLock()
+	s := r.sessions[req.SessionID]
+	r.mu.RUnlock()
+	if s == nil {
+		return nil, nil, unknownSession(req.SessionID)
+	}
+	rt := s.route(req.ProviderName)
+	if rt == nil {
+		return nil, nil, unknownProvider(req.SessionID, req.ProviderName)
+	}
+	if req.Scope != "" && req.Scope != rt.scope {
+		return nil, nil, newError(ErrScopeMismatch, nil, "provider %q in session %q is not configured for scope %q", req.ProviderName, req.SessionID, req.Scope)
+	}
+	return s, rt, nil
+}
+
+// Acquire answers a token request: from the cache when it can, else by
+// asking the session's provider actor, within the broker's RequestTimeout
+// or ctx's deadline, whichever comes first. req.Scope may be empty (the
+// getToken dialect sends none); a non-empty one must be the configured one.
+func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error) {
+	s, rt, err := r.lookup(req)
+	if err != nil {
+		return Grant{}, err
+	}
+	if tok, ok := rt.p.cached(r.b.clock.Now()); ok {
+		return Grant{Token: tok, Outcome: OutcomeHit}, nil
+	}
+	return r.b.acquire(ctx, rt.p, s.pid, &acquire{session: s.id, provider: rt.name}, s.done)
+}
+
+// Invalidate drops the cached token of a session's provider (of the shared
+// credential, if it uses one): the next request refreshes.
+func (r *Router) Invalidate(sessionID, providerName string) error {
+	s, rt, err := r.lookup(tokens.Request{SessionID: sessionID, ProviderName: providerName})
+	if err != nil {
+		return err
+	}
+	rt.p.snap.Store(nil)
+	r.b.root.Send(s.pid, invalidateProvider{name: providerName})
+	return nil
+}
+
+// acquire sends m to pid and waits for the answer, the deadline, or done.
+func (b *Broker) acquire(ctx context.Context, p *provider, pid *actor.PID, m *acquire, done <-chan struct{}) (Grant, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
+	ch := make(chan reply, 1)
+	m.ctx, m.reply = ctx, ch
+	b.root.Send(pid, m)
+	select {
+	case rep := <-ch:
+		return rep.grant, rep.err
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return Grant{}, timedOut(p.name, time.Since(start))
+		}
+		return Grant{}, fmt.Errorf("provider %q: %w", p.name, ctx.Err())
+	case <-done:
+		return Grant{}, closedError(fmt.Sprintf("provider %q: session or credential", p.name))
+	}
+}

@@ -1,0 +1,100 @@
+package actors
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/asynkron/protoactor-go/actor"
+)
+
+// session is one runtime session's token routing: its routes are fixed at
+// Open, so the hot path reads them without locks.
+type session struct {
+	id     string
+	routes []route
+	pid    *actor.PID
+	done   chan struct{} // closed when the session closes: its waiters give up
+	once   sync.Once
+}
+
+type route struct {
+	name  string
+	scope string
+	p     *provider
+}
+
+func (s *session) route(name string) *route {
+	for i := range s.routes {
+		if s.routes[i].name == name {
+			return &s.routes[i]
+		}
+	}
+	return nil
+}
+
+func (s *session) close(root *actor.RootContext) {
+	s.once.Do(func() {
+		close(s.done)
+		root.Stop(s.pid)
+	})
+}
+
+// Messages the session actor receives besides *acquire.
+type invalidateProvider struct{ name string }
+
+// sessionActor owns its per-session provider actors (children, stopped with
+// it) and holds a reference on each shared credential it uses.
+type sessionActor struct {
+	s        *session
+	b        *Broker
+	children []*actor.PID // index-aligned with s.routes
+}
+
+func newSessionProps(b *Broker, s *session) *actor.Props {
+	return actor.PropsFromProducer(func() actor.Actor { return &sessionActor{s: s, b: b} })
+}
+
+func (a *sessionActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *acquire:
+		if pid := a.child(m.provider); pid != nil {
+			ctx.Send(pid, m)
+			return
+		}
+		m.reply <- reply{err: unknownProvider(a.s.id, m.provider)}
+	case invalidateProvider:
+		if pid := a.child(m.name); pid != nil {
+			ctx.Send(pid, invalidate{})
+		}
+	case *actor.Started:
+		a.children = make([]*actor.PID, len(a.s.routes))
+		for i, r := range a.s.routes {
+			if r.p.shared != nil {
+				a.children[i] = r.p.shared.pid
+				continue
+			}
+			a.b.live.Add(1)
+			a.children[i] = ctx.Spawn(newProviderProps(r.p))
+		}
+		a.b.sessionsOpen.Add(1)
+	case *actor.Stopped:
+		for _, r := range a.s.routes {
+			if c := r.p.shared; c != nil {
+				c.release()
+			}
+		}
+		a.b.sessionsOpen.Add(-1)
+		a.b.live.Done()
+	}
+}
+
+func (a *sessionActor) child(name string) *actor.PID {
+	for i := range a.s.routes {
+		if a.s.routes[i].name == name {
+			return a.children[i]
+		}
+	}
+	return nil
+}
+
+func (s *session) String() string { return fmt.Sprintf("session %q", s.id) }

@@ -1,0 +1,232 @@
+// Package sessions is the API a service calls: provider configs that carry
+// a token callback, the rewriting of session.create and session.resume
+// params for the wire, opening and closing a session's token routing, and a
+// small client for a Copilot runtime.
+package sessions
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+
+	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/tokens"
+)
+
+// DefaultProviderName is the name the runtime asks with for a session's
+// whole-session provider.
+const DefaultProviderName = "default"
+
+// ProviderConfig is a BYOK provider as the runtime knows it, plus the token
+// callback that stays on this side of the wire.
+type ProviderConfig struct {
+	Type        string            `json:"type,omitempty"`    // "openai", "azure", "anthropic"
+	WireAPI     string            `json:"wireApi,omitempty"` // "completions" or "responses"
+	BaseURL     string            `json:"baseUrl,omitempty"`
+	APIKey      string            `json:"apiKey,omitempty"`
+	BearerToken string            `json:"bearerToken,omitempty"`
+	Headers     map[string]string `json:"headers,omitempty"`
+	Azure       *AzureOptions     `json:"azure,omitempty"`
+	// Extra holds any other provider field (model limits, newer options),
+	// sent as given. It cannot override the fields above.
+	Extra map[string]any `json:"-"`
+
+	// BearerTokenSource answers the runtime's token requests for this
+	// provider. It is never serialized; its presence sets the wire flags.
+	// A *actors.Credential shares one token cache among many sessions.
+	BearerTokenSource tokens.Source `json:"-"`
+	// BearerTokenScope is passed to the source and forwarded verbatim to
+	// the runtime; unset means absent, never a default.
+	BearerTokenScope string `json:"bearerTokenScope,omitempty"`
+}
+
+// AzureOptions are the Azure OpenAI specific settings.
+type AzureOptions struct {
+	APIVersion string `json:"apiVersion,omitempty"`
+}
+
+// NamedProviderConfig is one of a session's named providers.
+type NamedProviderConfig struct {
+	Name string
+	ProviderConfig
+}
+
+// ModelConfig maps a model id of the session to a named provider.
+type ModelConfig struct {
+	ID        string         `json:"id"`
+	Provider  string         `json:"provider,omitempty"`
+	WireModel string         `json:"wireModel,omitempty"`
+	Extra     map[string]any `json:"-"`
+}
+
+// SessionConfig is what session.create and session.resume carry.
+type SessionConfig struct {
+	// SessionID is chosen by the client so that the session's token
+	// routing is open before the runtime can ask; empty: a random one.
+	SessionID string
+	// Model is the selected model: "<provider>/<id>" in the named form.
+	Model     string
+	Models    []ModelConfig
+	Provider  *ProviderConfig       // the whole-session provider, asked for as "default"
+	Providers []NamedProviderConfig // named providers
+	// Extra holds every other session field (systemMessage, tools,
+	// streaming, requestPermission...), sent untouched.
+	Extra map[string]any
+}
+
+// Wire flags. 1.0.102 honours only hasBearerTokenProvider and ignores
+// unknown fields, so sending both serves both dialects.
+const (
+	flagAcquire  = "bearerTokenProvider"
+	flagGetToken = "hasBearerTokenProvider"
+)
+
+// MarshalJSON writes the provider for the wire: typed fields, Extra, and
+// when a source is set, both token flags and the scope.
+func (p ProviderConfig) MarshalJSON() ([]byte, error) {
+	type plain ProviderConfig // drops this method
+	return mergeJSON(plain(p), p.Extra, func(m map[string]any) {
+		if p.BearerTokenSource != nil {
+			m[flagAcquire] = true
+			m[flagGetToken] = true
+		}
+	})
+}
+
+// MarshalJSON writes the named provider: its name, then the provider.
+func (n NamedProviderConfig) MarshalJSON() ([]byte, error) {
+	raw, err := n.ProviderConfig.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, err
+	}
+	m["name"] = n.Name
+	return json.Marshal(m)
+}
+
+// MarshalJSON writes the model with its Extra fields.
+func (c ModelConfig) MarshalJSON() ([]byte, error) {
+	type plain ModelConfig
+	return mergeJSON(plain(c), c.Extra, nil)
+}
+
+// mergeJSON marshals v as an object, adds extra fields that v does not set,
+// then lets edit add the fields that must win.
+func mergeJSON(v any, extra map[string]any, edit func(map[string]any)) ([]byte, error) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if len(extra) == 0 && edit == nil {
+		return raw, nil
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, err
+	}
+	for k, v := range extra {
+		if _, set := m[k]; !set {
+			m[k] = v
+		}
+	}
+	if edit != nil {
+		edit(m)
+	}
+	return json.Marshal(m)
+}
+
+// Params is a session.create or session.resume request body, ready for the
+// wire, with the providers whose tokens this side answers.
+type Params struct {
+	SessionID string
+	Body      json.RawMessage
+	Providers []actors.Provider
+}
+
+// WireParams rewrites cfg for the wire: callbacks removed, both token flags
+// and the scope added on every provider that has a source, every other field
+// untouched. It also returns the providers to register, the whole-session
+// one under DefaultProviderName.
+func WireParams(cfg SessionConfig) (Params, error) {
+	if cfg.SessionID == "" {
+		cfg.SessionID = newSessionID()
+	}
+	var ps []actors.Provider
+	add := func(name string, p *ProviderConfig) error {
+		if strings.Contains(name, "/") {
+			return fmt.Errorf("sessions: provider name %q contains '/', which the runtime rejects", name)
+		}
+		if p.BearerTokenSource == nil {
+			return nil
+		}
+		for _, q := range ps {
+			if q.Name == name {
+				return fmt.Errorf("sessions: provider %q declared twice", name)
+			}
+		}
+		ps = append(ps, actors.Provider{Name: name, Scope: p.BearerTokenScope, Source: p.BearerTokenSource})
+		return nil
+	}
+	body := maps.Clone(cfg.Extra)
+	if body == nil {
+		body = map[string]any{}
+	}
+	body["sessionId"] = cfg.SessionID
+	if cfg.Model != "" {
+		body["model"] = cfg.Model
+	}
+	if len(cfg.Models) > 0 {
+		body["models"] = cfg.Models
+	}
+	if cfg.Provider != nil {
+		if err := add(DefaultProviderName, cfg.Provider); err != nil {
+			return Params{}, err
+		}
+		body["provider"] = cfg.Provider
+	}
+	if len(cfg.Providers) > 0 {
+		for i := range cfg.Providers {
+			if cfg.Providers[i].Name == "" {
+				return Params{}, errors.New("sessions: named provider without a name")
+			}
+			if err := add(cfg.Providers[i].Name, &cfg.Providers[i].ProviderConfig); err != nil {
+				return Params{}, err
+			}
+		}
+		body["providers"] = cfg.Providers
+	}
+	raw, err := json.Marshal(body)
+	if err != nil {
+		return Params{}, fmt.Errorf("sessions: encoding session params: %w", err)
+	}
+	return Params{SessionID: cfg.SessionID, Body: raw, Providers: ps}, nil
+}
+
+// Open rewrites cfg (see WireParams) and opens the session's token routing
+// on router, the Router of the connection the params will be sent on. Send
+// Params.Body as session.create or session.resume next; call
+// router.CloseSession(Params.SessionID) if that request fails or when the
+// session ends.
+func Open(router *actors.Router, cfg SessionConfig) (Params, error) {
+	p, err := WireParams(cfg)
+	if err != nil {
+		return Params{}, err
+	}
+	if err := router.Open(p.SessionID, p.Providers); err != nil {
+		return Params{}, err
+	}
+	return p, nil
+}
+
+func newSessionID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return "tb-" + hex.EncodeToString(b[:])
+}

@@ -1,0 +1,169 @@
+package tokens
+
+import (
+	"math/rand/v2"
+	"time"
+)
+
+// Policy decides when a cached token is refreshed, when it may no longer be
+// served, and how long to wait after a failed refresh. Its methods are pure
+// functions of their arguments, so they are tested without a clock.
+type Policy struct {
+	// Floor: a cached token with less validity left is never served; the
+	// caller waits for a refresh instead.
+	Floor time.Duration
+	// HalfLifeFrom: tokens living at least this long refresh at half life.
+	HalfLifeFrom time.Duration
+	// MinLead: shorter-lived tokens refresh at expiry - min(max(MinLead, L/4), L/2).
+	MinLead time.Duration
+	// JitterFraction and MaxJitter bound the random amount by which the
+	// refresh point moves earlier: min(JitterFraction*lead, MaxJitter).
+	JitterFraction float64
+	MaxJitter      time.Duration
+	// BackoffBase doubles after each consecutive failure up to BackoffMax;
+	// the wait is drawn uniformly from [0, that] (full jitter).
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+	// RefreshTimeout bounds one call to the Source, whoever is waiting.
+	RefreshTimeout time.Duration
+}
+
+// DefaultPolicy returns the defaults, taken from azcore's bearer-token
+// policy, x/oauth2, MSAL and the AWS and Google credential caches.
+func DefaultPolicy() Policy {
+	return Policy{
+		Floor:          60 * time.Second,
+		HalfLifeFrom:   2 * time.Hour,
+		MinLead:        5 * time.Minute,
+		JitterFraction: 0.10,
+		MaxJitter:      5 * time.Minute,
+		BackoffBase:    time.Second,
+		BackoffMax:     60 * time.Second,
+		RefreshTimeout: 30 * time.Second,
+	}
+}
+
+// withDefaults fills zero fields so a partly set Policy behaves.
+func (p Policy) withDefaults() Policy {
+	d := DefaultPolicy()
+	if p.Floor <= 0 {
+		p.Floor = d.Floor
+	}
+	if p.HalfLifeFrom <= 0 {
+		p.HalfLifeFrom = d.HalfLifeFrom
+	}
+	if p.MinLead <= 0 {
+		p.MinLead = d.MinLead
+	}
+	if p.JitterFraction < 0 {
+		p.JitterFraction = 0
+	}
+	if p.MaxJitter < 0 {
+		p.MaxJitter = 0
+	}
+	if p.BackoffBase <= 0 {
+		p.BackoffBase = d.BackoffBase
+	}
+	if p.BackoffMax < p.BackoffBase {
+		p.BackoffMax = max(d.BackoffMax, p.BackoffBase)
+	}
+	if p.RefreshTimeout <= 0 {
+		p.RefreshTimeout = d.RefreshTimeout
+	}
+	return p
+}
+
+// Normalize returns p with every unset (zero) field at its default. The
+// zero Policy is therefore the default policy without jitter; set the
+// jitter fields explicitly (DefaultPolicy does) to spread refreshes.
+func (p Policy) Normalize() Policy { return p.withDefaults() }
+
+// Lead is how long before expiry a token obtained at obtained should be
+// refreshed, before jitter. The issuer's RefreshOn hint wins when it lies
+// inside the token's life.
+func (p Policy) Lead(t Token, obtained time.Time) time.Duration {
+	life := t.ExpiresOn.Sub(obtained)
+	if life <= 0 {
+		return 0
+	}
+	if !t.RefreshOn.IsZero() && t.RefreshOn.After(obtained) && t.RefreshOn.Before(t.ExpiresOn) {
+		return t.ExpiresOn.Sub(t.RefreshOn)
+	}
+	if life >= p.HalfLifeFrom {
+		return life / 2
+	}
+	return min(max(p.MinLead, life/4), life/2)
+}
+
+// Jitter is the amount the refresh point moves earlier for a draw r in
+// [0, 1): up to min(JitterFraction*lead, MaxJitter).
+func (p Policy) Jitter(lead time.Duration, r float64) time.Duration {
+	span := min(time.Duration(float64(lead)*p.JitterFraction), p.MaxJitter)
+	if span <= 0 {
+		return 0
+	}
+	return time.Duration(r * float64(span))
+}
+
+// RefreshAt is when a token obtained at obtained should start refreshing
+// in the background, given a random draw r in [0, 1). Bare and already
+// expired tokens refresh at once.
+func (p Policy) RefreshAt(t Token, obtained time.Time, r float64) time.Time {
+	if t.Bare() || !t.ExpiresOn.After(obtained) {
+		return obtained
+	}
+	lead := p.Lead(t, obtained)
+	at := t.ExpiresOn.Add(-lead - p.Jitter(lead, r))
+	if at.Before(obtained) {
+		return obtained
+	}
+	return at
+}
+
+// StaleAt is when t stops being servable from a cache: Floor before expiry.
+func (p Policy) StaleAt(t Token) time.Time {
+	if t.Bare() {
+		return time.Time{}
+	}
+	return t.ExpiresOn.Add(-p.Floor)
+}
+
+// Servable reports whether a cached t may still be handed out at now.
+func (p Policy) Servable(t Token, now time.Time) bool {
+	return !t.Bare() && now.Before(p.StaleAt(t))
+}
+
+// Backoff is how long to wait before retrying after the given number of
+// consecutive failures (1 for the first), for a draw r in [0, 1): uniform in
+// [0, min(BackoffBase*2^(failures-1), BackoffMax)].
+func (p Policy) Backoff(failures int, r float64) time.Duration {
+	if failures < 1 {
+		return 0
+	}
+	ceiling := p.BackoffBase
+	for i := 1; i < failures && ceiling < p.BackoffMax; i++ {
+		ceiling *= 2
+	}
+	ceiling = min(ceiling, p.BackoffMax)
+	return time.Duration(r * float64(ceiling))
+}
+
+// Clock is the time a provider runs on. Tests inject a fake one, or run in
+// a testing/synctest bubble with SystemClock.
+type Clock interface {
+	Now() time.Time
+	AfterFunc(d time.Duration, f func()) (stop func() bool)
+}
+
+// SystemClock is the real clock.
+var SystemClock Clock = systemClock{}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+func (systemClock) AfterFunc(d time.Duration, f func()) func() bool {
+	return time.AfterFunc(d, f).Stop
+}
+
+// RandomDraw returns a uniform draw in [0, 1); the default random source.
+func RandomDraw() float64 { return rand.Float64() }

@@ -1,0 +1,38 @@
+// Package tracing names what tokenbroker reports to OpenTelemetry: span and
+// metric names and attribute keys. The library itself depends only on the
+// OpenTelemetry API; programs that want an SDK set one up with the helpers
+// in tracing/export.
+package tracing
+
+import "go.opentelemetry.io/otel/attribute"
+
+// InstrumentationName is the tracer and meter name tokenbroker uses.
+const InstrumentationName = "github.com/tokenbroker/tokenbroker"
+
+// Span names. A token request span is named after its JSON-RPC method
+// (providerToken.acquire or providerToken.getToken).
+const (
+	SpanRefresh = "tokenbroker.refresh"
+)
+
+// Attribute keys. None of them ever carries a token value.
+const (
+	SessionID        = attribute.Key("tokenbroker.session.id")
+	ProviderName     = attribute.Key("tokenbroker.provider.name")
+	Outcome          = attribute.Key("tokenbroker.outcome")
+	RemainingSeconds = attribute.Key("tokenbroker.token.remaining_s")
+	RefreshReason    = attribute.Key("tokenbroker.refresh.reason")
+	Dialect          = attribute.Key("tokenbroker.dialect")
+	Shared           = attribute.Key("tokenbroker.credential.shared")
+)
+
+// Metric names.
+const (
+	MetricRequests        = "tokenbroker.requests"         // counter: dialect, outcome
+	MetricRequestDuration = "tokenbroker.request.duration" // histogram, seconds: dialect, outcome
+	MetricRefreshes       = "tokenbroker.refreshes"        // counter: reason, outcome
+	MetricRefreshDuration = "tokenbroker.refresh.duration" // histogram, seconds: reason, outcome
+	MetricActiveSessions  = "tokenbroker.sessions.active"  // up-down counter
+	MetricActiveProviders = "tokenbroker.providers.active" // up-down counter
+	MetricTokenRemaining  = "tokenbroker.token.remaining"  // histogram, seconds left on served tokens
+)

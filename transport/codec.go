@@ -1,0 +1,139 @@
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"github.com/sourcegraph/jsonrpc2"
+)
+
+// DefaultMaxFrameSize caps one message. The runtime's largest messages are
+// session events carrying model output; 16 MiB leaves ample room while a
+// hostile Content-Length cannot make us allocate gigabytes.
+const DefaultMaxFrameSize = 16 << 20
+
+// maxHeaderLine bounds one header line, so a peer sending a header without
+// end cannot grow a buffer either.
+const maxHeaderLine = 1024
+
+// ErrFrameTooLarge is returned, and the connection closed, when a frame
+// declares a body over the cap. Nothing of that body is allocated.
+var ErrFrameTooLarge = errors.New("transport: frame exceeds maximum size")
+
+// ErrBadFrame is returned, and the connection closed, when the framing
+// itself is broken: the stream cannot be resynchronised after it.
+var ErrBadFrame = errors.New("transport: malformed frame header")
+
+// Codec is the Content-Length framing of LSP and vscode-jsonrpc, with a cap
+// on the frame size. A frame whose header is fine but whose body is not a
+// JSON-RPC message is skipped (and logged): its length is known, so the
+// stream stays in sync and the connection keeps serving.
+type Codec struct {
+	MaxFrameSize int          // 0: DefaultMaxFrameSize
+	Logger       *slog.Logger // nil: silent
+}
+
+// WriteObject implements jsonrpc2.ObjectCodec.
+func (Codec) WriteObject(w io.Writer, obj any) error {
+	return jsonrpc2.VSCodeObjectCodec{}.WriteObject(w, obj)
+}
+
+// ReadObject implements jsonrpc2.ObjectCodec.
+func (c Codec) ReadObject(r *bufio.Reader, v any) error {
+	limit := c.MaxFrameSize
+	if limit <= 0 {
+		limit = DefaultMaxFrameSize
+	}
+	for {
+		body, err := readFrame(r, limit)
+		if err != nil {
+			return err
+		}
+		err = json.Unmarshal(body, v)
+		if err == nil {
+			return nil
+		}
+		if c.Logger != nil {
+			c.Logger.Warn("tokenbroker: skipped a frame that is not a JSON-RPC message", "bytes", len(body), "error", err.Error())
+		}
+	}
+}
+
+// readFrame reads one header block and its body.
+func readFrame(r *bufio.Reader, limit int) ([]byte, error) {
+	length := -1
+	for {
+		line, err := readLine(r)
+		if err != nil {
+			return nil, err
+		}
+		if line == "" {
+			break
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok {
+			return nil, fmt.Errorf("%w: header line without ':'", ErrBadFrame)
+		}
+		if !strings.EqualFold(strings.TrimSpace(name), "Content-Length") {
+			continue // e.g. Content-Type
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%w: bad Content-Length", ErrBadFrame)
+		}
+		if n > int64(limit) {
+			return nil, fmt.Errorf("%w: %d bytes declared, limit %d", ErrFrameTooLarge, n, limit)
+		}
+		length = int(n)
+	}
+	if length < 0 {
+		return nil, fmt.Errorf("%w: no Content-Length", ErrBadFrame)
+	}
+	body := make([]byte, length)
+	if _, err := io.ReadFull(r, body); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return body, nil
+}
+
+// readLine reads a CRLF-terminated header line without the CRLF.
+func readLine(r *bufio.Reader) (string, error) {
+	var buf bytes.Buffer
+	for {
+		chunk, err := r.ReadSlice('\n')
+		buf.Write(chunk)
+		if buf.Len() > maxHeaderLine {
+			return "", fmt.Errorf("%w: header line too long", ErrBadFrame)
+		}
+		if err == nil {
+			break
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if errors.Is(err, io.EOF) && buf.Len() > 0 {
+			return "", io.ErrUnexpectedEOF
+		}
+		return "", err
+	}
+	line := buf.Bytes()
+	if len(line) < 2 || line[len(line)-2] != '\r' {
+		return "", fmt.Errorf(`%w: header lines must end in \r\n`, ErrBadFrame)
+	}
+	return string(line[:len(line)-2]), nil
+}
+
+// NewStream frames rwc with Codec.
+func NewStream(rwc io.ReadWriteCloser, c Codec) jsonrpc2.ObjectStream {
+	return jsonrpc2.NewBufferedStream(rwc, c)
+}

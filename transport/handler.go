@@ -1,0 +1,287 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/sourcegraph/jsonrpc2"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/tokens"
+	"github.com/tokenbroker/tokenbroker/tracing"
+)
+
+// The runtime's token request methods.
+const (
+	MethodAcquire  = "providerToken.acquire"  // the published design: scope in, expiry out
+	MethodGetToken = "providerToken.getToken" // Copilot CLI 1.0.102: result exactly {token}
+)
+
+// Error codes of token replies, in the JSON-RPC server-error range.
+const (
+	CodeUnknownSession  = -32001
+	CodeUnknownProvider = -32002
+	CodeCredential      = -32003 // the credential failed, or is in back-off
+	CodeTimeout         = -32004
+	CodeInvalidToken    = -32005
+	CodeClosed          = -32006
+)
+
+// Options configure the token middleware.
+type Options struct {
+	Logger         *slog.Logger // nil: silent
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+}
+
+// TokenHandler is the middleware: it answers the runtime's token requests
+// through router and hands every other message to next (nil: unknown
+// methods get a method-not-found error, notifications are dropped). Serve it
+// through jsonrpc2.AsyncHandler (NewConn does) so a slow credential never
+// blocks the connection.
+func TokenHandler(router *actors.Router, next jsonrpc2.Handler, opts Options) jsonrpc2.Handler {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tp := opts.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	mp := opts.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	h := &tokenHandler{router: router, next: next, log: log, tracer: tp.Tracer(tracing.InstrumentationName)}
+	h.initMetrics(mp.Meter(tracing.InstrumentationName))
+	return h
+}
+
+type tokenHandler struct {
+	router *actors.Router
+	next   jsonrpc2.Handler
+	log    *slog.Logger
+	tracer trace.Tracer
+
+	requests  metric.Int64Counter
+	duration  metric.Float64Histogram
+	remaining metric.Float64Histogram
+}
+
+func (h *tokenHandler) initMetrics(m metric.Meter) {
+	h.requests, _ = m.Int64Counter(tracing.MetricRequests,
+		metric.WithDescription("Token requests answered, by dialect and outcome."))
+	h.duration, _ = m.Float64Histogram(tracing.MetricRequestDuration,
+		metric.WithDescription("Time to answer a token request."), metric.WithUnit("s"))
+	h.remaining, _ = m.Float64Histogram(tracing.MetricTokenRemaining,
+		metric.WithDescription("Validity left on served tokens."), metric.WithUnit("s"))
+}
+
+func (h *tokenHandler) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+	switch req.Method {
+	case MethodAcquire, MethodGetToken:
+		if req.Notif {
+			h.log.Warn("tokenbroker: token request sent as a notification; nothing to answer", "method", req.Method)
+			return
+		}
+		h.serve(ctx, conn, req)
+	default:
+		if h.next != nil {
+			h.next.Handle(ctx, conn, req)
+			return
+		}
+		if !req.Notif {
+			h.replyError(ctx, conn, req, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "method not found: " + req.Method})
+		}
+	}
+}
+
+// tokenParams is both dialects' request. Pointers tell a missing or null
+// field from an empty one.
+type tokenParams struct {
+	SessionID    *string         `json:"sessionId"`
+	ProviderName *string         `json:"providerName"`
+	Scope        *string         `json:"scope"`
+	Meta         json.RawMessage `json:"_meta"`
+}
+
+// The two reply shapes. getToken's must be exactly {token}: the 1.0.102
+// runtime fails the turn on any other field.
+type (
+	acquireResult struct {
+		Token              string `json:"token"`
+		ExpiresOnTimestamp int64  `json:"expiresOnTimestamp,omitempty"`
+	}
+	getTokenResult struct {
+		Token string `json:"token"`
+	}
+)
+
+// DecodeTokenRequest parses a token request's params; the error is the
+// -32602 reply to send.
+func DecodeTokenRequest(method string, params *json.RawMessage) (tokens.Request, json.RawMessage, *jsonrpc2.Error) {
+	invalid := func(msg string) *jsonrpc2.Error {
+		return &jsonrpc2.Error{Code: jsonrpc2.CodeInvalidParams, Message: method + ": " + msg}
+	}
+	if params == nil || len(*params) == 0 || (*params)[0] != '{' {
+		return tokens.Request{}, nil, invalid("params must be an object")
+	}
+	var p tokenParams
+	if err := json.Unmarshal(*params, &p); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
+			return tokens.Request{}, nil, invalid(strconv.Quote(typeErr.Field) + " must be a string")
+		}
+		return tokens.Request{}, nil, invalid("params must be an object")
+	}
+	switch {
+	case p.SessionID == nil:
+		return tokens.Request{}, nil, invalid(`"sessionId" is required`)
+	case p.ProviderName == nil:
+		return tokens.Request{}, nil, invalid(`"providerName" is required`)
+	case *p.SessionID == "":
+		return tokens.Request{}, nil, invalid(`"sessionId" is empty`)
+	case *p.ProviderName == "":
+		return tokens.Request{}, nil, invalid(`"providerName" is empty`)
+	}
+	req := tokens.Request{SessionID: *p.SessionID, ProviderName: *p.ProviderName}
+	if p.Scope != nil && method == MethodAcquire {
+		req.Scope = *p.Scope
+	}
+	return req, p.Meta, nil
+}
+
+func (h *tokenHandler) serve(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+	start := time.Now()
+	treq, meta, perr := DecodeTokenRequest(req.Method, req.Params)
+	var reqMeta json.RawMessage
+	if req.Meta != nil {
+		reqMeta = *req.Meta
+	}
+	ctx = extractTrace(ctx, meta, reqMeta)
+	ctx, span := h.tracer.Start(ctx, req.Method, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(
+			attribute.String("rpc.system", "jsonrpc"),
+			attribute.String("rpc.method", req.Method),
+			attribute.String("rpc.jsonrpc.version", "2.0"),
+			attribute.String("rpc.jsonrpc.request_id", req.ID.String()),
+			tracing.SessionID.String(treq.SessionID),
+			tracing.ProviderName.String(treq.ProviderName),
+		))
+	defer span.End()
+
+	var grant actors.Grant
+	var rpcErr *jsonrpc2.Error
+	if perr != nil {
+		rpcErr = perr
+	} else {
+		var err error
+		grant, err = h.router.Acquire(ctx, treq)
+		if err != nil {
+			rpcErr = toRPCError(err)
+		}
+	}
+
+	outcome := grant.Outcome.String()
+	dialect := attribute.String(string(tracing.Dialect), req.Method)
+	if rpcErr != nil {
+		outcome = actors.OutcomeError.String()
+		span.SetStatus(codes.Error, rpcErr.Message)
+		span.SetAttributes(attribute.Int64("rpc.jsonrpc.error_code", rpcErr.Code), tracing.Outcome.String(outcome))
+		h.log.Info("tokenbroker: token request refused", "method", req.Method, "session", treq.SessionID, "provider", treq.ProviderName, "error", rpcErr.Message)
+		h.replyError(ctx, conn, req, rpcErr)
+	} else {
+		span.SetAttributes(tracing.Outcome.String(outcome))
+		if !grant.Token.Bare() {
+			left := time.Until(grant.Token.ExpiresOn).Seconds()
+			span.SetAttributes(tracing.RemainingSeconds.Float64(left))
+			h.remaining.Record(ctx, left, metric.WithAttributes(dialect))
+		}
+		h.reply(ctx, conn, req, grant.Token)
+	}
+	set := metric.WithAttributes(dialect, tracing.Outcome.String(outcome))
+	h.requests.Add(ctx, 1, set)
+	h.duration.Record(ctx, time.Since(start).Seconds(), set)
+}
+
+func (h *tokenHandler) reply(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request, tok tokens.Token) {
+	var result any
+	if req.Method == MethodGetToken {
+		result = getTokenResult{Token: tok.Value}
+	} else {
+		r := acquireResult{Token: tok.Value}
+		if !tok.Bare() {
+			r.ExpiresOnTimestamp = tok.ExpiresOn.UnixMilli()
+		}
+		result = r
+	}
+	if err := conn.Reply(ctx, req.ID, result); err != nil {
+		h.log.Debug("tokenbroker: reply not sent", "method", req.Method, "error", err.Error())
+	}
+}
+
+func (h *tokenHandler) replyError(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request, e *jsonrpc2.Error) {
+	if err := conn.ReplyWithError(ctx, req.ID, e); err != nil {
+		h.log.Debug("tokenbroker: error reply not sent", "method", req.Method, "error", err.Error())
+	}
+}
+
+// toRPCError maps the broker's errors to codes; the message is the
+// broker's, written to be shown to users and free of secrets.
+func toRPCError(err error) *jsonrpc2.Error {
+	code := int64(jsonrpc2.CodeInternalError)
+	switch {
+	case errors.Is(err, actors.ErrUnknownSession):
+		code = CodeUnknownSession
+	case errors.Is(err, actors.ErrUnknownProvider):
+		code = CodeUnknownProvider
+	case errors.Is(err, actors.ErrScopeMismatch):
+		code = jsonrpc2.CodeInvalidParams
+	case errors.Is(err, actors.ErrInvalidToken):
+		code = CodeInvalidToken
+	case errors.Is(err, actors.ErrTimeout):
+		code = CodeTimeout
+	case errors.Is(err, actors.ErrCredential), errors.Is(err, actors.ErrBackoff):
+		code = CodeCredential
+	case errors.Is(err, actors.ErrClosed):
+		code = CodeClosed
+	case errors.Is(err, context.Canceled):
+		code = CodeClosed
+	}
+	return &jsonrpc2.Error{Code: code, Message: err.Error()}
+}
+
+// extractTrace continues a W3C trace context carried in the params' _meta
+// (the MCP convention) or in jsonrpc2's own request meta.
+func extractTrace(ctx context.Context, metas ...json.RawMessage) context.Context {
+	for _, raw := range metas {
+		if len(raw) == 0 || raw[0] != '{' {
+			continue
+		}
+		var carrier map[string]any
+		if json.Unmarshal(raw, &carrier) != nil {
+			continue
+		}
+		mc := propagation.MapCarrier{}
+		for k, v := range carrier {
+			if s, ok := v.(string); ok {
+				mc[k] = s
+			}
+		}
+		if mc["traceparent"] == "" {
+			continue
+		}
+		return propagation.TraceContext{}.Extract(ctx, mc)
+	}
+	return ctx
+}
