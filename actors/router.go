@@ -153,7 +153,11 @@ func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error)
 	if tok, ok := rt.p.cached(r.b.clock.Now()); ok {
 		return Grant{Token: tok, Outcome: OutcomeHit}, nil
 	}
-	return r.b.acquire(ctx, rt.p, s.pid, &acquire{session: s.id, provider: rt.name}, s.done)
+	var credDone <-chan struct{}
+	if c := rt.p.shared; c != nil {
+		credDone = c.done
+	}
+	return r.b.acquire(ctx, rt.p, s.pid, &acquire{session: s.id, provider: rt.name}, s.done, credDone)
 }
 
 // Invalidate drops the cached token of a session's provider (of the shared
@@ -168,8 +172,9 @@ func (r *Router) Invalidate(sessionID, providerName string) error {
 	return nil
 }
 
-// acquire sends m to pid and waits for the answer, the deadline, or done.
-func (b *Broker) acquire(ctx context.Context, p *provider, pid *actor.PID, m *acquire, done <-chan struct{}) (Grant, error) {
+// acquire sends m to pid and waits for the answer, the deadline, or the
+// end of the session or credential (a nil channel never fires).
+func (b *Broker) acquire(ctx context.Context, p *provider, pid *actor.PID, m *acquire, sessionDone, credDone <-chan struct{}) (Grant, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
@@ -184,7 +189,9 @@ func (b *Broker) acquire(ctx context.Context, p *provider, pid *actor.PID, m *ac
 			return Grant{}, timedOut(p.name, time.Since(start))
 		}
 		return Grant{}, fmt.Errorf("provider %q: %w", p.name, ctx.Err())
-	case <-done:
-		return Grant{}, closedError(fmt.Sprintf("provider %q: session or credential", p.name))
+	case <-sessionDone:
+		return Grant{}, closedError(fmt.Sprintf("provider %q: session %q", p.name, m.session))
+	case <-credDone:
+		return Grant{}, closedError(fmt.Sprintf("provider %q: shared credential", p.name))
 	}
 }
