@@ -1,0 +1,52 @@
+// Package runtimesim plays the runtime's side of PROTOCOL.md (JSON-RPC 2.0
+// with Content-Length framing) so tests, the quickstart and the load tool can
+// run without the Copilot CLI. Turns call a real HTTP model endpoint (e.g.
+// internal/fakemodel) with the bearer token the client returned.
+//
+// The wire shapes below were checked against Copilot CLI 1.0.102 (protocol
+// version 3) in headless stdio mode:
+//
+//   - connect → {"ok":true,"protocolVersion":3,"version":"1.0.102","taskKinds":[...]};
+//     ping → {"message":"pong","timestamp":"...","protocolVersion":3} (no "ok").
+//     The simulator reports version "sim-acquire" or "sim-getToken".
+//   - session.create / session.resume → {"sessionId","nativeSessionId",
+//     "startTime","isRemote":false,"mode":"interactive","modelState":{"modelId"},
+//     "workspacePath","capabilities"} (the simulator omits the last two).
+//     A session.lifecycle notification {"type":"session.created"|"session.updated",
+//     "sessionId","metadata":{"startTime","modifiedTime"}} arrives before the
+//     reply (the CLI sends session.created twice and many session.updated).
+//   - session.send → {"messageId"}; session.abort → {"success":true};
+//     session.destroy → {"success":true}, or {"success":false} for an unknown id.
+//   - Events: method session.event, params {"sessionId","event":{"type","data",
+//     "ephemeral"?,"id","timestamp","parentId"}}. Of the CLI's ~25 event types
+//     the simulator sends session.start, user.message, assistant.message
+//     ({"messageId","originatingMessageId","model","content","toolRequests":[],
+//     "turnId"}), session.error ({"errorType","message","originatingMessageId",
+//     "statusCode"?}) and session.idle ({"mode":"interactive"}, ephemeral).
+//   - Token request: {"jsonrpc":"2.0","id":N,"method":"providerToken.getToken",
+//     "params":{"providerName":"default","sessionId":"..."}}, ids from 1.
+//   - Failed methods answer code -32603 with "Request <method> failed with
+//     message: <reason>"; unknown methods -32601 "Unhandled method <m>".
+//
+// Where 1.0.102 differs from PROTOCOL.md, the simulator follows 1.0.102:
+//   - A token error reply is retried 5 times 1 s apart, then session.error has
+//     errorType "query" (not "authentication") and the message "Failed to get
+//     response from the AI model; retried 5 times (total retry wait time: 5.00
+//     seconds) Last error: Provider token request failed: <client message>".
+//   - An invalid result fails at once with errorType "query", e.g. "Provider
+//     token response was invalid: unknown field `expiresOnTimestamp`, expected
+//     `token`" (serde wording, backquotes).
+//   - A 401 is retried twice (three attempts, each with a fresh token), then
+//     errorType "authentication", statusCode 401. 5xx: 5 retries with back-off.
+//   - A named-form model without "/" or that does not resolve is accepted by
+//     session.create; the turn then fails with "Execution failed: InvalidArg,
+//     No GitHub OAuth token or Copilot HMAC key provided".
+//   - provider together with providers/models is rejected.
+//   - session.resume of an id the process does not know fails in 1.0.102; the
+//     simulator creates it, as a restarted runtime with the same state would.
+//
+// Deliberate departures, for tests: token requests time out (TokenTimeout),
+// an empty token is rejected, string results are never echoed in errors,
+// retries are fewer and immediate by default, and session.abort cancels a
+// pending token request instead of waiting for it.
+package runtimesim
