@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"os/exec"
 	"sync"
 	"time"
@@ -32,23 +33,82 @@ type ConnOptions struct {
 type Conn struct {
 	*jsonrpc2.Conn
 	Router *actors.Router
+
+	tokens   jsonrpc2.Handler
+	next     jsonrpc2.Handler
+	mu       sync.Mutex
+	closed   bool
+	inflight sync.WaitGroup // request goroutines
+	watched  chan struct{}  // closed once the end of the connection is handled
 }
 
 // NewConn starts serving rwc: token requests go to a new Router of broker,
-// everything else to next, each request in its own goroutine.
+// everything else to next.
+//
+// Requests each run in their own goroutine, so a slow credential never
+// stalls the connection and a handler may call the runtime back.
+// Notifications are handed to next in arrival order on the connection's
+// read loop (a runtime's events must not overtake each other), so next must
+// not block on them.
 func NewConn(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser, next jsonrpc2.Handler, opts ConnOptions) *Conn {
 	if opts.Logger == nil {
 		opts.Logger = broker.Logger()
 	}
-	router := broker.NewRouter()
-	h := jsonrpc2.AsyncHandler(TokenHandler(router, next, opts.Options))
+	c := &Conn{Router: broker.NewRouter(), next: next, watched: make(chan struct{})}
+	c.tokens = TokenHandler(c.Router, next, opts.Options)
 	stream := NewStream(rwc, Codec{MaxFrameSize: opts.MaxFrameSize, Logger: opts.Logger})
-	c := jsonrpc2.NewConn(ctx, stream, h, jsonrpc2.SetLogger(slogAdapter{opts.Logger}))
+	// The connection outlives the ctx of the call that made it.
+	c.Conn = jsonrpc2.NewConn(context.WithoutCancel(ctx), stream, handlerFunc(c.handle), jsonrpc2.SetLogger(slogAdapter{opts.Logger}))
 	go func() {
-		<-c.DisconnectNotify()
-		router.Close()
+		defer close(c.watched)
+		<-c.Conn.DisconnectNotify()
+		c.Router.Close()
 	}()
-	return &Conn{Conn: c, Router: router}
+	return c
+}
+
+func (c *Conn) handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+	if req.Notif && req.Method != MethodAcquire && req.Method != MethodGetToken {
+		if c.next != nil {
+			c.next.Handle(ctx, conn, req)
+		}
+		return
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.inflight.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.inflight.Done()
+		c.tokens.Handle(ctx, conn, req)
+	}()
+}
+
+// Close closes the connection and returns once its sessions are closed and
+// every request it was handling has returned.
+func (c *Conn) Close() error {
+	err := c.Conn.Close()
+	if errors.Is(err, jsonrpc2.ErrClosed) {
+		err = nil
+	}
+	<-c.watched
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.inflight.Wait()
+	return err
+}
+
+// Done is closed when the connection has ended and its sessions are closed.
+func (c *Conn) Done() <-chan struct{} { return c.watched }
+
+type handlerFunc func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request)
+
+func (f handlerFunc) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+	f(ctx, conn, req)
 }
 
 // slogAdapter routes jsonrpc2's Printf logging to slog at debug level.
@@ -72,34 +132,52 @@ func Dial(ctx context.Context, addr string) (net.Conn, error) {
 // Process is a runtime started as a child process, spoken to over its
 // stdin and stdout.
 type Process struct {
+	// StopGrace is how long Close waits for the child to exit after its
+	// stdin closes before killing it. Start sets DefaultStopGrace.
+	StopGrace time.Duration
+
 	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	stdout io.ReadCloser
+	stdin  *os.File // our end of the child's stdin
+	stdout *os.File // our end of the child's stdout
 	done   chan struct{}
 	err    error
 	once   sync.Once
-	grace  time.Duration
 }
 
-// DefaultStopGrace is how long Close waits for the child to exit after its
-// stdin closes before killing it.
+// DefaultStopGrace is how long Close waits by default.
 const DefaultStopGrace = 5 * time.Second
 
 // Start starts cmd with pipes on its stdin and stdout. The command must not
 // have Stdin or Stdout set. Close ends it.
+//
+// The pipes are plain os.Pipe files rather than exec's StdoutPipe: Wait
+// closes a StdoutPipe as soon as the child exits, which would drop the last
+// messages of a runtime that exits on its own before they are read.
 func Start(cmd *exec.Cmd) (*Process, error) {
-	stdin, err := cmd.StdinPipe()
+	if cmd.Stdin != nil || cmd.Stdout != nil {
+		return nil, errors.New("transport: Start: Stdin and Stdout must be unset")
+	}
+	inR, inW, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
+	outR, outW, err := os.Pipe()
 	if err != nil {
+		inR.Close()
+		inW.Close()
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stdin, cmd.Stdout = inR, outW
+	err = cmd.Start()
+	// The child holds its own copies; ours would keep the pipes open.
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
 		return nil, err
 	}
-	p := &Process{cmd: cmd, stdin: stdin, stdout: stdout, done: make(chan struct{}), grace: DefaultStopGrace}
+	p := &Process{StopGrace: DefaultStopGrace, cmd: cmd, stdin: inW, stdout: outR, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -117,11 +195,11 @@ func (p *Process) Done() <-chan struct{} { return p.done }
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
 // Close closes the child's stdin, which tells a runtime to exit, waits up
-// to DefaultStopGrace, then kills that process (and only it).
+// to StopGrace, then kills that process (and only it).
 func (p *Process) Close() error {
 	p.once.Do(func() {
 		_ = p.stdin.Close()
-		t := time.NewTimer(p.grace)
+		t := time.NewTimer(p.StopGrace)
 		defer t.Stop()
 		select {
 		case <-p.done:
@@ -129,6 +207,7 @@ func (p *Process) Close() error {
 			_ = p.cmd.Process.Kill()
 			<-p.done
 		}
+		_ = p.stdout.Close()
 	})
 	var exit *exec.ExitError
 	if p.err != nil && !errors.As(p.err, &exit) {

@@ -213,7 +213,8 @@ func (s *Server) decide(auth string) int {
 	return http.StatusOK
 }
 
-func (s *Server) record(r *http.Request, req Request, status int) {
+// record completes req from r, keeps it, and returns it complete.
+func (s *Server) record(r *http.Request, req Request, status int) Request {
 	req.Time = time.Now()
 	req.Method = r.Method
 	req.Path = r.URL.Path
@@ -224,6 +225,7 @@ func (s *Server) record(r *http.Request, req Request, status int) {
 	s.mu.Lock()
 	s.requests = append(s.requests, req)
 	s.mu.Unlock()
+	return req
 }
 
 func (s *Server) reply(req Request) string {
@@ -278,7 +280,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 			req.Prompt = contentText(m.Content)
 		}
 	}
-	s.record(r, req, status)
+	req = s.record(r, req, status)
 	if !ok {
 		return
 	}
@@ -340,7 +342,7 @@ func (s *Server) responses(w http.ResponseWriter, r *http.Request) {
 	var body responsesRequest
 	status, ok := s.begin(w, r, &body)
 	req := Request{Model: body.Model, Stream: body.Stream, Prompt: inputText(body.Input)}
-	s.record(r, req, status)
+	req = s.record(r, req, status)
 	if !ok {
 		return
 	}

@@ -34,6 +34,23 @@ type sessionConfig struct {
 	modelID   string          // as the client gave it (modelState.modelId)
 	provider  *providerConfig // nil: no BYOK provider resolves (GitHub-hosted fallback)
 	wireModel string
+	// The named form's registry, kept so session.model.switchTo can
+	// select another model.
+	models json.RawMessage
+	byName map[string]*providerConfig
+}
+
+// switchTo selects another model of the named registry.
+func (c *sessionConfig) switchTo(model string) error {
+	if c.byName == nil {
+		return errors.New("the session has no provider registry to switch models in")
+	}
+	prov, wire, err := resolveModel(c.models, c.byName, model)
+	if err != nil {
+		return err
+	}
+	c.modelID, c.provider, c.wireModel = model, prov, wire
+	return nil
 }
 
 type openParams struct {
@@ -87,6 +104,7 @@ func parseOpen(method string, raw *json.RawMessage, d Dialect) (openParams, erro
 		if err != nil {
 			return p, err
 		}
+		p.cfg.models, p.cfg.byName = models, byName
 	}
 	return p, nil
 }

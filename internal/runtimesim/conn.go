@@ -114,6 +114,9 @@ func (c *conn) dispatch(jc *jsonrpc2.Conn, req *jsonrpc2.Request) (result any, a
 	case "session.destroy":
 		res, err := c.destroy(req)
 		return res, nil, err
+	case "session.model.switchTo":
+		res, err := c.switchModel(req)
+		return res, nil, err
 	}
 	return nil, nil, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "Unhandled method " + req.Method}
 }
@@ -326,3 +329,26 @@ type event struct {
 
 // jsTime formats like JavaScript's Date.toISOString, as the runtime does.
 func jsTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
+
+// switchModel handles session.model.switchTo {sessionId, modelId}: later
+// turns use the provider of the newly selected model.
+func (c *conn) switchModel(req *jsonrpc2.Request) (any, *jsonrpc2.Error) {
+	id, fields, rpcErr := sessionIDParam(req, "Missing sessionId parameter")
+	if rpcErr != nil {
+		return nil, rpcErr
+	}
+	var model string
+	if raw, ok := fields["modelId"]; !ok || json.Unmarshal(raw, &model) != nil || model == "" {
+		return nil, failed(req.Method, "modelId must be a non-empty string")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.sessions[id]
+	if !ok || s.gone {
+		return nil, failed(req.Method, "Session not found for sessionId: %s", id)
+	}
+	if err := s.cfg.switchTo(model); err != nil {
+		return nil, failed(req.Method, "%s", err)
+	}
+	return map[string]any{"modelId": model}, nil
+}

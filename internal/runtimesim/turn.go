@@ -55,8 +55,9 @@ func (c *conn) runTurns(jc *jsonrpc2.Conn, s *session) {
 
 // turn runs one prompt: user.message, then TurnRequests model calls each
 // followed by assistant.message, then session.idle; a failure sends
-// session.error before session.idle. An aborted turn ends with session.idle
-// only; a destroyed session's turn ends silently.
+// session.error before session.idle. An aborted turn ends with an abort
+// event and session.idle {aborted: true}; a destroyed session's turn ends
+// silently.
 func (c *conn) turn(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg sessionConfig, t pendingTurn) {
 	c.rt.count(func(st *Stats) { st.Turns++ })
 	c.emit(jc, s, "user.message", map[string]any{"content": t.prompt, "messageId": t.messageID}, false)
@@ -76,7 +77,13 @@ func (c *conn) turn(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg sess
 		c.rt.log.Info("runtimesim: turn failed", "session", s.id, "errorType", te.errorType, "message", te.message)
 		c.emit(jc, s, "session.error", data, false)
 	}
-	c.emit(jc, s, "session.idle", map[string]any{"mode": "interactive"}, true)
+	idle := map[string]any{"mode": "interactive"}
+	if ctx.Err() != nil {
+		// session.abort cancelled the turn; 1.0.102 says so on the idle event.
+		c.emit(jc, s, "abort", map[string]any{"reason": "user_initiated"}, false)
+		idle["aborted"] = true
+	}
+	c.emit(jc, s, "session.idle", idle, true)
 }
 
 func (c *conn) converse(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg sessionConfig, t pendingTurn) error {

@@ -1,0 +1,408 @@
+package sessions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+
+	"github.com/sourcegraph/jsonrpc2"
+
+	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/transport"
+)
+
+// DefaultCLIArgs start the Copilot CLI as a headless runtime on its stdio,
+// never updating itself or looking for a GitHub login: BYOK sessions need
+// none.
+var DefaultCLIArgs = []string{"--headless", "--no-auto-update", "--stdio", "--no-auto-login"}
+
+// DefaultEventBuffer is how many unread events a session keeps.
+const DefaultEventBuffer = 64
+
+// ClientOptions configure Start and Connect. The zero value works for
+// Connect; Start needs a CLI path here or in COPILOT_CLI_PATH.
+type ClientOptions struct {
+	// CLIPath is the copilot binary. Empty: $COPILOT_CLI_PATH.
+	CLIPath string
+	// Args replace DefaultCLIArgs.
+	Args []string
+	// Home is the runtime's COPILOT_HOME (its config and session state;
+	// resuming a session needs the home it was created in). Empty: a fresh
+	// temporary directory, removed by Close.
+	Home string
+	// Dir is the runtime's working directory. Empty: this process's.
+	Dir string
+	// Env is added to the runtime's environment, which is this process's
+	// minus GitHub and Copilot tokens.
+	Env []string
+	// Stderr receives the runtime's stderr. Nil: discarded.
+	Stderr io.Writer
+
+	// Conn configures the token middleware (logger, tracing, metrics) and
+	// the frame size cap. A nil Logger means the broker's.
+	Conn transport.ConnOptions
+	// Handler receives what the runtime sends that the client does not
+	// handle itself: notifications other than session events of its
+	// sessions, and requests other than token requests. Each runs in its
+	// own goroutine; Close waits for the calls in progress. Nil:
+	// notifications are dropped, requests get method-not-found.
+	Handler jsonrpc2.Handler
+	// EventBuffer is how many unread events each Session.Events channel
+	// holds; when it is full the oldest is dropped. 0: DefaultEventBuffer;
+	// negative: no Events channel (SendAndWait still works).
+	EventBuffer int
+}
+
+// ServerInfo is the runtime's answer to connect.
+type ServerInfo struct {
+	OK              bool   `json:"ok"`
+	ProtocolVersion int    `json:"protocolVersion"`
+	Version         string `json:"version"`
+}
+
+// Client drives one Copilot runtime over one JSON-RPC connection: it
+// creates and resumes sessions whose BYOK providers take their tokens from
+// callbacks on this side, and answers the runtime's token requests for them
+// on the same connection, through the connection's own actors.Router.
+type Client struct {
+	tc      *transport.Conn
+	conn    *jsonrpc2.Conn
+	router  *actors.Router
+	handler jsonrpc2.Handler
+	proc    *transport.Process
+	home    string // removed by Close when ownHome
+	ownHome bool
+	buffer  int
+	info    ServerInfo
+
+	watched chan struct{} // closed once the disconnect is handled
+
+	mu       sync.Mutex
+	sessions map[string]*Session
+	closing  bool // Close was called
+	ended    bool // the connection is gone
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start spawns the Copilot CLI as a child process speaking on its stdio,
+// connects to it and performs the connect handshake within ctx. ctx bounds
+// the start only; the process lives until Close.
+func Start(ctx context.Context, broker *actors.Broker, opts ClientOptions) (*Client, error) {
+	path := opts.CLIPath
+	if path == "" {
+		path = os.Getenv("COPILOT_CLI_PATH")
+	}
+	if path == "" {
+		return nil, ErrNoCLI
+	}
+	home, ownHome := opts.Home, false
+	if home == "" {
+		var err error
+		if home, err = os.MkdirTemp("", "copilot-home-"); err != nil {
+			return nil, fmt.Errorf("sessions: creating COPILOT_HOME: %w", err)
+		}
+		ownHome = true
+	}
+	args := opts.Args
+	if args == nil {
+		args = DefaultCLIArgs
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Dir = opts.Dir
+	cmd.Env = append(childEnv(os.Environ()), "COPILOT_HOME="+home)
+	cmd.Env = append(cmd.Env, opts.Env...)
+	cmd.Stderr = opts.Stderr
+	proc, err := transport.Start(cmd)
+	if err != nil {
+		if ownHome {
+			_ = os.RemoveAll(home)
+		}
+		return nil, fmt.Errorf("sessions: starting %s: %w", path, err)
+	}
+	c := newClient(ctx, broker, proc, opts)
+	c.proc, c.home, c.ownHome = proc, home, ownHome
+	if err := c.handshake(ctx); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Connect drives a runtime already listening at the other end of rwc (a
+// TCP connection, or an in-memory pipe to a simulator) and performs the
+// connect handshake within ctx. The client owns rwc: Close closes it.
+func Connect(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser, opts ClientOptions) (*Client, error) {
+	c := newClient(ctx, broker, rwc, opts)
+	if err := c.handshake(ctx); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func newClient(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser, opts ClientOptions) *Client {
+	c := &Client{
+		handler:  opts.Handler,
+		buffer:   opts.EventBuffer,
+		sessions: map[string]*Session{},
+		watched:  make(chan struct{}),
+	}
+	if c.buffer == 0 {
+		c.buffer = DefaultEventBuffer
+	}
+	// transport.NewConn answers token requests, runs every request in its
+	// own goroutine and hands notifications to dispatch in arrival order, so
+	// an answer and the idle event after it are never swapped.
+	c.tc = transport.NewConn(ctx, broker, rwc, handlerFunc(c.dispatch), opts.Conn)
+	c.conn, c.router = c.tc.Conn, c.tc.Router
+	go c.watch()
+	return c
+}
+
+// dispatch receives what the token middleware does not answer: session
+// events go to their sessions, everything else to ClientOptions.Handler.
+func (c *Client) dispatch(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+	if req.Notif && req.Method == methodSessionEvent {
+		if ev, ok := decodeEvent(req.Params); ok {
+			if s := c.session(ev.SessionID); s != nil {
+				s.deliver(ev)
+				return
+			}
+		}
+	}
+	switch {
+	case c.handler != nil:
+		c.handler.Handle(ctx, conn, req)
+	case !req.Notif:
+		_ = conn.ReplyWithError(ctx, req.ID, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "method not found: " + req.Method})
+	}
+}
+
+// watch closes the routing and the sessions once the connection ends,
+// whoever ended it.
+func (c *Client) watch() {
+	defer close(c.watched)
+	<-c.tc.Done()
+	c.mu.Lock()
+	c.ended = true
+	all := c.sessions
+	c.sessions = map[string]*Session{}
+	reason := fmt.Errorf("%w: runtime connection ended", ErrClosed)
+	if c.closing {
+		reason = ErrClosed
+	}
+	c.mu.Unlock()
+	for _, s := range all {
+		s.shutdown(reason)
+	}
+}
+
+// handshake sends connect, falling back to ping for a runtime that does
+// not know connect.
+func (c *Client) handshake(ctx context.Context) error {
+	err := c.call(ctx, "connect", struct{}{}, &c.info)
+	var rpcErr *jsonrpc2.Error
+	if errors.As(err, &rpcErr) && rpcErr.Code == jsonrpc2.CodeMethodNotFound {
+		return c.Ping(ctx)
+	}
+	return err
+}
+
+// Info is the runtime's answer to the connect handshake (zero if it only
+// knew ping).
+func (c *Client) Info() ServerInfo { return c.info }
+
+// Ping checks that the runtime answers.
+func (c *Client) Ping(ctx context.Context) error {
+	return c.call(ctx, "ping", struct{}{}, nil)
+}
+
+// Router is the connection's token routing: the sessions whose token
+// requests this client answers.
+func (c *Client) Router() *actors.Router { return c.router }
+
+// Conn is the JSON-RPC connection, for runtime methods the client does not
+// wrap. Do not close it; Close the client.
+func (c *Client) Conn() *jsonrpc2.Conn { return c.conn }
+
+// Pid is the runtime's process id, 0 when it was not started by Start.
+func (c *Client) Pid() int {
+	if c.proc == nil {
+		return 0
+	}
+	return c.proc.Pid()
+}
+
+// Done is closed when the runtime connection has ended.
+func (c *Client) Done() <-chan struct{} { return c.watched }
+
+// Close stops every session's token routing, closes the connection and,
+// for a runtime started by Start, stops the process (closes its stdin,
+// waits, kills that process only if it does not exit) and removes the
+// temporary COPILOT_HOME. Sessions are not destroyed on the runtime first:
+// a runtime started by Start exits, and one reached by Connect keeps them
+// for a later resume.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closing = true
+		c.mu.Unlock()
+		c.closeErr = c.tc.Close()
+		<-c.watched
+		if c.proc != nil {
+			if err := c.proc.Close(); err != nil && c.closeErr == nil {
+				c.closeErr = err
+			}
+		}
+		if c.ownHome {
+			if err := os.RemoveAll(c.home); err != nil && c.closeErr == nil {
+				c.closeErr = err
+			}
+		}
+	})
+	return c.closeErr
+}
+
+// CreateSession opens the session's token routing under a client-chosen
+// session id, then sends session.create with the rewritten config. Events
+// the runtime sends before it answers are kept for the session.
+func (c *Client) CreateSession(ctx context.Context, cfg SessionConfig) (*Session, error) {
+	return c.open(ctx, methodCreate, cfg)
+}
+
+// ResumeSession re-attaches a session the runtime knows (created by this or
+// an earlier runtime process sharing its COPILOT_HOME). The runtime keeps no
+// provider configs, so cfg must carry them again, as for create.
+func (c *Client) ResumeSession(ctx context.Context, cfg SessionConfig) (*Session, error) {
+	if cfg.SessionID == "" {
+		return nil, errors.New("sessions: ResumeSession needs the SessionID")
+	}
+	return c.open(ctx, methodResume, cfg)
+}
+
+func (c *Client) open(ctx context.Context, method string, cfg SessionConfig) (*Session, error) {
+	c.mu.Lock()
+	closing := c.closing
+	c.mu.Unlock()
+	if closing {
+		return nil, ErrClosed
+	}
+	p, err := Open(c.router, cfg)
+	if err != nil {
+		if errors.Is(err, actors.ErrClosed) {
+			err = fmt.Errorf("%w: %w", ErrClosed, err)
+		}
+		return nil, err
+	}
+	s := newSession(c, p.SessionID, c.buffer)
+	c.mu.Lock()
+	if c.closing || c.ended {
+		c.mu.Unlock()
+		_ = c.router.CloseSession(p.SessionID)
+		s.shutdown(ErrClosed)
+		return nil, ErrClosed
+	}
+	c.sessions[p.SessionID] = s // before the request: events may precede the answer
+	c.mu.Unlock()
+
+	var res struct {
+		SessionID string `json:"sessionId"`
+	}
+	err = c.call(ctx, method, p.Body, &res)
+	if err == nil && res.SessionID != p.SessionID {
+		err = fmt.Errorf("sessions: %s: runtime answered for session %q instead of %q", method, res.SessionID, p.SessionID)
+	}
+	if err != nil {
+		c.forget(s, ErrSessionClosed)
+		return nil, err
+	}
+	return s, nil
+}
+
+// forget closes a session's routing and event delivery.
+func (c *Client) forget(s *Session, reason error) {
+	c.mu.Lock()
+	if c.sessions[s.id] == s {
+		delete(c.sessions, s.id)
+	}
+	c.mu.Unlock()
+	_ = c.router.CloseSession(s.id) // unknown once the connection closed it
+	s.shutdown(reason)
+}
+
+func (c *Client) session(id string) *Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sessions[id]
+}
+
+// call makes a request and maps the connection's errors to the client's.
+func (c *Client) call(ctx context.Context, method string, params, result any) error {
+	err := c.conn.Call(ctx, method, params, result)
+	if err == nil {
+		return nil
+	}
+	var rpcErr *jsonrpc2.Error
+	switch {
+	case errors.As(err, &rpcErr):
+		return &callError{method: method, err: rpcErr}
+	case errors.Is(err, jsonrpc2.ErrClosed), errors.Is(err, io.ErrClosedPipe):
+		return fmt.Errorf("sessions: %s: %w", method, ErrClosed)
+	}
+	return fmt.Errorf("sessions: %s: %w", method, err)
+}
+
+// callError is the runtime's error reply to method.
+type callError struct {
+	method string
+	err    *jsonrpc2.Error
+}
+
+func (e *callError) Error() string   { return "sessions: " + e.method + ": " + e.err.Message }
+func (e *callError) Unwrap() []error { return []error{ErrRuntime, e.err} }
+
+// Runtime methods the client calls.
+const (
+	methodCreate       = "session.create"
+	methodResume       = "session.resume"
+	methodSend         = "session.send"
+	methodAbort        = "session.abort"
+	methodDestroy      = "session.destroy"
+	methodSwitchModel  = "session.model.switchTo"
+	methodSessionEvent = "session.event"
+)
+
+// childEnv is env without the GitHub and Copilot credentials a runtime
+// could otherwise pick up (it should authenticate nothing by itself), and
+// without COPILOT_HOME, which the client sets.
+func childEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		upper := strings.ToUpper(name)
+		if upper == "COPILOT_HOME" {
+			continue
+		}
+		if strings.HasPrefix(upper, "GITHUB_") || strings.HasPrefix(upper, "GH_") || strings.HasPrefix(upper, "COPILOT_") {
+			if strings.Contains(upper, "TOKEN") || strings.Contains(upper, "KEY") || strings.Contains(upper, "SECRET") {
+				continue
+			}
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+type handlerFunc func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request)
+
+func (f handlerFunc) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+	f(ctx, conn, req)
+}
+
