@@ -24,6 +24,36 @@ const (
 	RefreshReason    = attribute.Key("tokenbroker.refresh.reason")
 	Dialect          = attribute.Key("tokenbroker.dialect")
 	Shared           = attribute.Key("tokenbroker.credential.shared")
+	// RefreshOutcome is a refresh span's result: RefreshOK or RefreshError.
+	RefreshOutcome = attribute.Key("tokenbroker.refresh.outcome")
+	// TokenLifetime is the validity, in seconds, of a token a refresh got.
+	TokenLifetime = attribute.Key("tokenbroker.token.lifetime_s")
+)
+
+// Values of Outcome on request spans and metrics.
+const (
+	OutcomeHit       = "hit"
+	OutcomeCoalesced = "coalesced"
+	OutcomeRefreshed = "refreshed"
+	OutcomeBare      = "bare"
+	OutcomeError     = "error"
+)
+
+// Values of RefreshOutcome, and of Outcome on refresh metrics.
+const (
+	RefreshOK    = "ok"
+	RefreshError = "error"
+)
+
+// JSON-RPC semantic-convention attributes of request spans
+// (https://opentelemetry.io/docs/specs/semconv/rpc/json-rpc/).
+const (
+	RPCSystem         = attribute.Key("rpc.system") // always "jsonrpc"
+	RPCMethod         = attribute.Key("rpc.method")
+	RPCJSONRPCVersion = attribute.Key("rpc.jsonrpc.version")
+	RPCRequestID      = attribute.Key("rpc.jsonrpc.request_id")
+	RPCErrorCode      = attribute.Key("rpc.jsonrpc.error_code")
+	RPCErrorMessage   = attribute.Key("rpc.jsonrpc.error_message")
 )
 
 // Metric names.
