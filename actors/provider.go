@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
@@ -87,15 +86,16 @@ type snapshot struct {
 }
 
 // cached serves a token without a message when the snapshot allows it, and
-// asks the actor for a background refresh once the refresh point passed.
-func (p *provider) cached(now time.Time) (tokens.Token, bool) {
+// asks the actor for a background refresh once the refresh point passed;
+// that refresh's span links to the span in trigger.
+func (p *provider) cached(trigger context.Context, now time.Time) (tokens.Token, bool) {
 	s := p.snap.Load()
 	if s == nil || !now.Before(s.staleAt) {
 		return tokens.Token{}, false
 	}
 	p.touch(now)
 	if !now.Before(s.refreshAt) && s.nudged.CompareAndSwap(false, true) {
-		p.b.root.Send(s.self, refreshDue{})
+		p.b.root.Send(s.self, refreshDue{link: trace.SpanContextFromContext(trigger)})
 	}
 	return s.tok, true
 }
@@ -130,11 +130,11 @@ type (
 		grant Grant
 		err   error
 	}
-	refreshDue   struct{}                // the refresh point passed (timer or hot path)
-	retryDue     struct{ gen uint64 }    // back-off ended
-	invalidate   struct{}                // drop the cached token
-	released     struct{}                // the last session using a shared credential closed
-	fetchDone    struct {                // a credential call ended
+	refreshDue struct{ link trace.SpanContext } // the refresh point passed (timer, or the request in link)
+	retryDue   struct{ gen uint64 }             // back-off ended
+	invalidate struct{}                         // drop the cached token
+	released   struct{}                         // the last session using a shared credential closed
+	fetchDone  struct {                         // a credential call ended
 		id  uint64
 		tok tokens.Token
 		err error
@@ -145,7 +145,8 @@ type (
 // providerActor owns the credential's mutable state. All fields are
 // touched only from Receive.
 type providerActor struct {
-	p *provider
+	p       *provider
+	session string // a per-session provider's session, from its requests: its Source is asked with it
 
 	tok      tokens.Token
 	obtained time.Time
@@ -177,10 +178,10 @@ func (a *providerActor) Receive(ctx actor.Context) {
 	case *acquire:
 		a.onAcquire(ctx, m, now)
 	case refreshDue:
-		a.onRefreshDue(ctx, now)
+		a.onRefreshDue(ctx, m.link, now)
 	case retryDue:
 		if m.gen == a.timerGen {
-			a.onRefreshDue(ctx, now)
+			a.onRefreshDue(ctx, trace.SpanContext{}, now)
 		}
 	case *fetchDone:
 		a.onFetchDone(ctx, m, now)
@@ -228,6 +229,9 @@ func (a *providerActor) recoverPanic(ctx actor.Context) {
 func (a *providerActor) onAcquire(ctx actor.Context, m *acquire, now time.Time) {
 	p := a.p
 	p.touch(now)
+	if m.session != "" {
+		a.session = m.session
+	}
 	policy := p.b.policy
 	if a.have && policy.Servable(a.tok, now) {
 		m.reply <- reply{grant: Grant{Token: a.tok, Outcome: OutcomeHit}}
@@ -273,8 +277,9 @@ func (a *providerActor) refreshAt() time.Time {
 }
 
 // onRefreshDue starts a background refresh if the provider is still in use:
-// an abandoned provider stops refreshing and costs nothing.
-func (a *providerActor) onRefreshDue(ctx actor.Context, now time.Time) {
+// an abandoned provider stops refreshing and costs nothing. link is the
+// request that noticed the refresh was due, if one did.
+func (a *providerActor) onRefreshDue(ctx actor.Context, link trace.SpanContext, now time.Time) {
 	if a.flight != 0 || a.backingOff(now) || !a.have {
 		return
 	}
@@ -285,7 +290,7 @@ func (a *providerActor) onRefreshDue(ctx actor.Context, now time.Time) {
 	if a.lastErr != nil {
 		reason = ReasonRetry
 	}
-	a.startFetch(ctx, reason, context.Background(), true)
+	a.startFetch(ctx, reason, trace.ContextWithSpanContext(context.Background(), link), true)
 }
 
 // inUse: used since the current token was obtained, and for a shared
@@ -307,10 +312,10 @@ func (a *providerActor) startFetch(ctx actor.Context, reason Reason, trigger con
 	self := ctx.Self()
 	a.flightTimer = b.clock.AfterFunc(b.policy.RefreshTimeout, func() { b.root.Send(self, fetchExpired{id: id}) })
 	b.fetches.Add(1)
-	p := a.p
+	p, session := a.p, a.session
 	go func() {
 		defer b.fetches.Done()
-		tok, err := b.runSource(p, trigger, reason, background, "")
+		tok, err := b.runSource(p, trigger, reason, background, session)
 		b.root.Send(self, &fetchDone{id: id, tok: tok, err: err})
 	}()
 }
@@ -364,17 +369,20 @@ func (b *Broker) runSource(p *provider, trigger context.Context, reason Reason, 
 			err = newError(ErrInvalidToken, verr, "provider %q: credential returned an invalid token: %s", p.name, trimPrefix(verr.Error()))
 			tok = tokens.Token{}
 		}
+		// An already-expired token is still handed to its waiters, as the
+		// published design's scenario requires: it is never cached (it is
+		// not servable), so every request fetches a fresh one.
 	} else {
 		err = credentialError(p.name, err, ctx)
 	}
-	outcome := "ok"
+	outcome := tracing.RefreshOK
 	if err != nil {
-		outcome = "error"
+		outcome = tracing.RefreshError
 		span.SetStatus(codes.Error, err.Error())
 	} else if !tok.Bare() {
-		span.SetAttributes(attribute.Float64("tokenbroker.token.lifetime_s", tok.ExpiresOn.Sub(b.clock.Now()).Seconds()))
+		span.SetAttributes(tracing.TokenLifetime.Float64(tok.ExpiresOn.Sub(b.clock.Now()).Seconds()))
 	}
-	span.SetAttributes(attribute.String("tokenbroker.refresh.outcome", outcome))
+	span.SetAttributes(tracing.RefreshOutcome.String(outcome))
 	b.metrics.refreshed(reason, outcome, time.Since(start).Seconds())
 	if err != nil {
 		b.log.Warn("tokenbroker: credential call failed", "provider", p.name, "reason", reason.String(), "error", err.Error())
@@ -463,7 +471,7 @@ func (a *providerActor) serveBare(tok tokens.Token) {
 			w <- reply{grant: Grant{Token: tok, Outcome: OutcomeBare}}
 			continue
 		}
-		a.fetchBare(&acquire{ctx: context.Background(), reply: w})
+		a.fetchBare(&acquire{ctx: context.Background(), session: a.session, reply: w})
 	}
 }
 

@@ -150,7 +150,7 @@ func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error)
 	if err != nil {
 		return Grant{}, err
 	}
-	if tok, ok := rt.p.cached(r.b.clock.Now()); ok {
+	if tok, ok := rt.p.cached(ctx, r.b.clock.Now()); ok {
 		return Grant{Token: tok, Outcome: OutcomeHit}, nil
 	}
 	var credDone <-chan struct{}
