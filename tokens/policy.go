@@ -113,11 +113,18 @@ func (p Policy) RefreshAt(t Token, obtained time.Time, r float64) time.Time {
 		return obtained
 	}
 	lead := p.Lead(t, obtained)
-	at := t.ExpiresOn.Add(-lead - p.Jitter(lead, r))
-	if at.Before(obtained) {
-		return obtained
+	base := t.ExpiresOn.Add(-lead)
+	if at := base.Add(-p.Jitter(lead, r)); at.After(obtained) {
+		return at
 	}
-	return at
+	if base.After(obtained) {
+		// Jitter would make the refresh immediate. An issuer with a cache
+		// of its own (azidentity, most oauth2 sources) answers that with
+		// this same token until its refresh point, and every request would
+		// refresh again: wait for the unjittered point instead.
+		return base
+	}
+	return obtained
 }
 
 // StaleAt is when t stops being servable from a cache: Floor before expiry.

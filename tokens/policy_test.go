@@ -1,0 +1,371 @@
+package tokens_test
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/tokens"
+)
+
+var t0 = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func tok(life time.Duration) tokens.Token {
+	return tokens.Token{Value: "v", ExpiresOn: t0.Add(life)}
+}
+
+func TestDefaultPolicyNumbers(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	want := tokens.Policy{
+		Floor:          60 * time.Second,
+		HalfLifeFrom:   2 * time.Hour,
+		MinLead:        5 * time.Minute,
+		JitterFraction: 0.10,
+		MaxJitter:      5 * time.Minute,
+		BackoffBase:    time.Second,
+		BackoffMax:     60 * time.Second,
+		RefreshTimeout: 30 * time.Second,
+	}
+	if p != want {
+		t.Fatalf("DefaultPolicy() = %+v, want %+v", p, want)
+	}
+	if p.Normalize() != p {
+		t.Fatalf("Normalize changed the default policy: %+v", p.Normalize())
+	}
+}
+
+func TestLead(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	cases := []struct {
+		name string
+		tok  tokens.Token
+		want time.Duration
+	}{
+		// The issuer's hint wins when it lies inside the token's life.
+		{"hint", tokens.Token{ExpiresOn: t0.Add(time.Hour), RefreshOn: t0.Add(10 * time.Minute)}, 50 * time.Minute},
+		{"hint on long token", tokens.Token{ExpiresOn: t0.Add(24 * time.Hour), RefreshOn: t0.Add(20 * time.Hour)}, 4 * time.Hour},
+		{"hint near expiry", tokens.Token{ExpiresOn: t0.Add(time.Hour), RefreshOn: t0.Add(59 * time.Minute)}, time.Minute},
+		// A hint outside (obtained, expiry) is ignored.
+		{"hint in the past", tokens.Token{ExpiresOn: t0.Add(time.Hour), RefreshOn: t0.Add(-time.Minute)}, 15 * time.Minute},
+		{"hint at obtained", tokens.Token{ExpiresOn: t0.Add(time.Hour), RefreshOn: t0}, 15 * time.Minute},
+		{"hint after expiry", tokens.Token{ExpiresOn: t0.Add(time.Hour), RefreshOn: t0.Add(2 * time.Hour)}, 15 * time.Minute},
+		{"hint at expiry", tokens.Token{ExpiresOn: t0.Add(time.Hour), RefreshOn: t0.Add(time.Hour)}, 15 * time.Minute},
+		// Two hours or more: half life.
+		{"24h", tok(24 * time.Hour), 12 * time.Hour},
+		{"2h exactly", tok(2 * time.Hour), time.Hour},
+		{"3h", tok(3 * time.Hour), 90 * time.Minute},
+		// Shorter: min(max(5 min, L/4), L/2).
+		{"1h59m", tok(119 * time.Minute), 119 * time.Minute / 4},
+		{"1h", tok(time.Hour), 15 * time.Minute},
+		{"20m", tok(20 * time.Minute), 5 * time.Minute},
+		{"15m", tok(15 * time.Minute), 5 * time.Minute},
+		{"10m", tok(10 * time.Minute), 5 * time.Minute},
+		{"6m", tok(6 * time.Minute), 3 * time.Minute},
+		{"90s", tok(90 * time.Second), 45 * time.Second},
+		{"1s", tok(time.Second), 500 * time.Millisecond},
+		// Nothing to lead for a token already dead or bare.
+		{"expired", tok(-time.Minute), 0},
+		{"expires now", tok(0), 0},
+		{"bare", tokens.Token{Value: "v"}, 0},
+	}
+	for _, c := range cases {
+		if got := p.Lead(c.tok, t0); got != c.want {
+			t.Errorf("%s: Lead = %s, want %s", c.name, got, c.want)
+		}
+	}
+}
+
+func TestRefreshAtWithoutJitter(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	cases := []struct {
+		name string
+		tok  tokens.Token
+		want time.Time
+	}{
+		{"hint", tokens.Token{ExpiresOn: t0.Add(time.Hour), RefreshOn: t0.Add(40 * time.Minute)}, t0.Add(40 * time.Minute)},
+		{"8h half life", tok(8 * time.Hour), t0.Add(4 * time.Hour)},
+		{"2h half life", tok(2 * time.Hour), t0.Add(time.Hour)},
+		{"1h", tok(time.Hour), t0.Add(45 * time.Minute)},
+		{"30m", tok(30 * time.Minute), t0.Add(30*time.Minute - 7*time.Minute - 30*time.Second)},
+		{"10m", tok(10 * time.Minute), t0.Add(5 * time.Minute)},
+		{"4m", tok(4 * time.Minute), t0.Add(2 * time.Minute)},
+		{"bare refreshes at once", tokens.Token{Value: "v"}, t0},
+		{"expired refreshes at once", tok(-time.Second), t0},
+	}
+	for _, c := range cases {
+		if got := p.RefreshAt(c.tok, t0, 0); !got.Equal(c.want) {
+			t.Errorf("%s: RefreshAt = %s after t0, want %s after t0", c.name, got.Sub(t0), c.want.Sub(t0))
+		}
+	}
+}
+
+func TestJitterBounds(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	cases := []struct {
+		lead, span time.Duration
+	}{
+		{time.Hour, 5 * time.Minute},         // 10% = 6 min, capped at 5 min
+		{50 * time.Minute, 5 * time.Minute},  // exactly 10%
+		{15 * time.Minute, 90 * time.Second}, // 10%
+		{5 * time.Minute, 30 * time.Second},  // 10%
+		{12 * time.Hour, 5 * time.Minute},    // capped
+		{45 * time.Second, 4500 * time.Millisecond},
+		{0, 0},
+	}
+	for _, c := range cases {
+		if got := p.Jitter(c.lead, 0); got != 0 {
+			t.Errorf("Jitter(%s, 0) = %s, want 0", c.lead, got)
+		}
+		if got := p.Jitter(c.lead, 0.5); got != c.span/2 {
+			t.Errorf("Jitter(%s, 0.5) = %s, want %s", c.lead, got, c.span/2)
+		}
+		// The draw is in [0, 1): the jitter stays strictly below the span.
+		if got := p.Jitter(c.lead, 0.9999999); got > c.span || (c.span > 0 && got < c.span*99/100) {
+			t.Errorf("Jitter(%s, ~1) = %s, want just under %s", c.lead, got, c.span)
+		}
+	}
+
+	noJitter := tokens.Policy{}.Normalize()
+	if got := noJitter.Jitter(time.Hour, 0.9); got != 0 {
+		t.Errorf("zero JitterFraction: Jitter = %s, want 0", got)
+	}
+	negative := tokens.Policy{JitterFraction: -1, MaxJitter: -time.Second}.Normalize()
+	if got := negative.Jitter(time.Hour, 0.9); got != 0 {
+		t.Errorf("negative jitter settings: Jitter = %s, want 0", got)
+	}
+}
+
+// Jitter only ever moves the refresh point earlier, never past the bound,
+// and never before the moment the token was obtained.
+func TestRefreshAtJitterOnlyEarlier(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	lifetimes := []time.Duration{
+		30 * time.Second, 90 * time.Second, 5 * time.Minute, 10 * time.Minute, 59 * time.Minute,
+		time.Hour, 119 * time.Minute, 2 * time.Hour, 24 * time.Hour, 90 * 24 * time.Hour,
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, life := range lifetimes {
+		for _, hinted := range []bool{false, true} {
+			tk := tok(life)
+			if hinted {
+				tk.RefreshOn = t0.Add(life * 3 / 5)
+			}
+			base := p.RefreshAt(tk, t0, 0)
+			bound := min(time.Duration(0.10*float64(p.Lead(tk, t0))), 5*time.Minute)
+			for range 200 {
+				r := rng.Float64()
+				at := p.RefreshAt(tk, t0, r)
+				if at.After(base) {
+					t.Fatalf("life %s hinted %v r %.3f: jitter moved the point later (%s > %s)", life, hinted, r, at.Sub(t0), base.Sub(t0))
+				}
+				if base.Sub(at) > bound {
+					t.Fatalf("life %s hinted %v r %.3f: jitter %s exceeds min(10%% of lead, 5 min) = %s", life, hinted, r, base.Sub(at), bound)
+				}
+				if at.Before(t0) || !at.Before(tk.ExpiresOn) {
+					t.Fatalf("life %s hinted %v: refresh point %s outside the token's life", life, hinted, at.Sub(t0))
+				}
+			}
+		}
+	}
+}
+
+// 1,000 providers holding the same kind of token must not all refresh in
+// the same second: the jittered points cover the whole jitter window, and
+// roughly evenly.
+func TestJitterSpreadsRefreshPoints(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	tk := tok(time.Hour) // lead 15 min, jitter window 90 s
+	base := p.RefreshAt(tk, t0, 0)
+	window := 90 * time.Second
+	rng := rand.New(rand.NewPCG(42, 7))
+	const draws, buckets = 1000, 10
+	var counts [buckets]int
+	distinct := map[time.Time]bool{}
+	seconds := map[int64]int{}
+	lo, hi := base, base.Add(-window)
+	for range draws {
+		at := p.RefreshAt(tk, t0, rng.Float64())
+		distinct[at] = true
+		seconds[at.Unix()]++
+		lo, hi = minTime(lo, at), maxTime(hi, at)
+		earlier := base.Sub(at)
+		counts[int(earlier*buckets/window)]++
+	}
+	if len(distinct) < draws*99/100 {
+		t.Fatalf("only %d distinct refresh points in %d draws", len(distinct), draws)
+	}
+	for s, n := range seconds {
+		// 90 one-second slots for 1,000 draws: about 11 each.
+		if n > 40 {
+			t.Fatalf("%d of %d refresh points fall in the same second (%s)", n, draws, time.Unix(s, 0).Sub(t0))
+		}
+	}
+	if spread := lo.Sub(hi); spread > 0 {
+		t.Fatalf("inverted range")
+	}
+	if got := base.Sub(lo); got < window*95/100 {
+		t.Fatalf("earliest point only %s before the unjittered one, want close to %s", got, window)
+	}
+	if got := base.Sub(hi); got > window*5/100 {
+		t.Fatalf("latest point %s before the unjittered one, want close to 0", got)
+	}
+	for i, n := range counts {
+		// Uniform: 100 per bucket; with this fixed seed the draws are
+		// deterministic, and 50..150 is far outside sampling noise.
+		if n < 50 || n > 150 {
+			t.Fatalf("bucket %d holds %d of %d points, want about %d (counts %v)", i, n, draws, draws/buckets, counts)
+		}
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func TestFloor(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	tk := tok(time.Hour)
+	if got, want := p.StaleAt(tk), t0.Add(59*time.Minute); !got.Equal(want) {
+		t.Fatalf("StaleAt = %s, want %s", got.Sub(t0), want.Sub(t0))
+	}
+	cases := []struct {
+		at   time.Duration // after t0
+		want bool
+	}{
+		{0, true},
+		{58 * time.Minute, true},
+		{59*time.Minute - time.Nanosecond, true},
+		{59 * time.Minute, false}, // exactly 60 s left
+		{59*time.Minute + 30*time.Second, false},
+		{time.Hour, false},
+		{2 * time.Hour, false},
+	}
+	for _, c := range cases {
+		if got := p.Servable(tk, t0.Add(c.at)); got != c.want {
+			t.Errorf("Servable at %s with %s left = %v, want %v", c.at, time.Hour-c.at, got, c.want)
+		}
+	}
+	if p.Servable(tokens.Token{Value: "v"}, t0) {
+		t.Error("a bare token is servable from a cache")
+	}
+	if !p.StaleAt(tokens.Token{Value: "v"}).IsZero() {
+		t.Error("a bare token has a stale point")
+	}
+	// A token living less than the floor is never servable from a cache.
+	if p.Servable(tok(59*time.Second), t0) {
+		t.Error("a 59 s token is servable")
+	}
+	custom := tokens.Policy{Floor: 5 * time.Minute}.Normalize()
+	if custom.Servable(tk, t0.Add(56*time.Minute)) {
+		t.Error("custom 5 min floor ignored")
+	}
+}
+
+func TestBackoffCeilings(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	want := []time.Duration{0, 1, 2, 4, 8, 16, 32, 60, 60, 60}
+	for failures, w := range want {
+		ceiling := w * time.Second
+		if got := p.Backoff(failures, 0.5); got != ceiling/2 {
+			t.Errorf("Backoff(%d, 0.5) = %s, want %s", failures, got, ceiling/2)
+		}
+		if got := p.Backoff(failures, 0); got != 0 {
+			t.Errorf("Backoff(%d, 0) = %s, want 0 (full jitter)", failures, got)
+		}
+		if got := p.Backoff(failures, 0.9999999); got > ceiling || got < ceiling*99/100 {
+			t.Errorf("Backoff(%d, ~1) = %s, want just under %s", failures, got, ceiling)
+		}
+	}
+	// No overflow for a very long outage.
+	for _, failures := range []int{63, 64, 1000, 1 << 30} {
+		if got := p.Backoff(failures, 0.5); got != 30*time.Second {
+			t.Errorf("Backoff(%d, 0.5) = %s, want 30s", failures, got)
+		}
+	}
+	if got := p.Backoff(-3, 0.5); got != 0 {
+		t.Errorf("Backoff(-3) = %s, want 0", got)
+	}
+}
+
+func TestBackoffFullJitterDistribution(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	rng := rand.New(rand.NewPCG(3, 4))
+	for failures := 1; failures <= 8; failures++ {
+		ceiling := min(time.Second<<(failures-1), time.Minute)
+		var below, above int
+		for range 1000 {
+			d := p.Backoff(failures, rng.Float64())
+			if d < 0 || d > ceiling {
+				t.Fatalf("Backoff(%d) = %s outside [0, %s]", failures, d, ceiling)
+			}
+			if d < ceiling/2 {
+				below++
+			} else {
+				above++
+			}
+		}
+		if below < 400 || above < 400 {
+			t.Fatalf("failures %d: %d draws below half the ceiling, %d above: not uniform", failures, below, above)
+		}
+	}
+}
+
+func TestNormalize(t *testing.T) {
+	d := tokens.DefaultPolicy()
+	z := tokens.Policy{}.Normalize()
+	if z.Floor != d.Floor || z.HalfLifeFrom != d.HalfLifeFrom || z.MinLead != d.MinLead ||
+		z.BackoffBase != d.BackoffBase || z.BackoffMax != d.BackoffMax || z.RefreshTimeout != d.RefreshTimeout {
+		t.Fatalf("zero Policy normalized to %+v", z)
+	}
+	if z.JitterFraction != 0 || z.MaxJitter != 0 {
+		t.Fatalf("zero Policy gained jitter: %+v", z)
+	}
+	// A base above the default max lifts the max with it.
+	big := tokens.Policy{BackoffBase: 2 * time.Minute}.Normalize()
+	if big.BackoffMax != 2*time.Minute {
+		t.Fatalf("BackoffMax = %s with a 2 min base", big.BackoffMax)
+	}
+	if got := big.Backoff(5, 0.5); got != time.Minute {
+		t.Fatalf("Backoff with 2 min base = %s, want 1m", got)
+	}
+	custom := tokens.Policy{HalfLifeFrom: time.Hour, MinLead: time.Minute}.Normalize()
+	if got := custom.Lead(tok(time.Hour), t0); got != 30*time.Minute {
+		t.Fatalf("custom HalfLifeFrom: Lead = %s", got)
+	}
+	if got := custom.Lead(tok(2*time.Minute), t0); got != time.Minute {
+		t.Fatalf("custom MinLead: Lead = %s", got)
+	}
+}
+
+// A token whose refresh point lies just ahead (typically a token a caching
+// issuer handed out again, its refresh hint close) must not be refreshed
+// at once because of jitter: the issuer would answer with the same token,
+// again and again until its hint. The point is then the unjittered one.
+func TestRefreshAtNeverImmediateWhileRefreshPointAhead(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	hinted := tokens.Token{Value: "v", ExpiresOn: t0.Add(12 * time.Hour), RefreshOn: t0.Add(10 * time.Second)}
+	for _, r := range []float64{0, 0.001, 0.5, 0.999} {
+		at := p.RefreshAt(hinted, t0, r)
+		if !at.After(t0) {
+			t.Fatalf("r %.3f: refresh at once although the hint is 10 s ahead", r)
+		}
+		if r > 0.01 && !at.Equal(hinted.RefreshOn) {
+			t.Fatalf("r %.3f: refresh at +%s, want the hint (+10s)", r, at.Sub(t0))
+		}
+	}
+	// With room for it, jitter still applies.
+	roomy := tokens.Token{Value: "v", ExpiresOn: t0.Add(12 * time.Hour), RefreshOn: t0.Add(time.Hour)}
+	if at := p.RefreshAt(roomy, t0, 0.5); !at.Equal(t0.Add(time.Hour - 150*time.Second)) {
+		t.Fatalf("roomy hint: refresh at +%s, want +57m30s", at.Sub(t0))
+	}
+}
