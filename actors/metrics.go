@@ -28,7 +28,7 @@ func newInstruments(m metric.Meter, b *Broker) *instruments {
 	sessions, _ := m.Int64ObservableUpDownCounter(tracing.MetricActiveSessions,
 		metric.WithDescription("Sessions whose token routing is open."))
 	providers, _ := m.Int64ObservableUpDownCounter(tracing.MetricActiveProviders,
-		metric.WithDescription("Provider actors running, per-session and shared."))
+		metric.WithDescription("Provider actors running: shared credentials, and per-session providers once asked for a token."))
 	in.gauges, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(sessions, b.sessionsOpen.Load())
 		o.ObserveInt64(providers, b.providersLive.Load())

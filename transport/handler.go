@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
@@ -76,9 +77,32 @@ type tokenHandler struct {
 	requests  metric.Int64Counter
 	duration  metric.Float64Histogram
 	remaining metric.Float64Histogram
+	sets      [2]dialectSets // by dialectIndex
+}
+
+// dialectSets are one dialect's metric attribute sets, built once: building
+// a set sorts and hashes its attributes, which the hot path cannot afford
+// per request even when the meter is a no-op.
+type dialectSets struct {
+	dialect   metric.MeasurementOption
+	byOutcome [actors.OutcomeBare + 1]metric.MeasurementOption // by actors.Outcome
+}
+
+func dialectIndex(method string) int {
+	if method == MethodGetToken {
+		return 1
+	}
+	return 0
 }
 
 func (h *tokenHandler) initMetrics(m metric.Meter) {
+	for i, method := range []string{MethodAcquire, MethodGetToken} {
+		d := tracing.Dialect.String(method)
+		h.sets[i].dialect = metric.WithAttributeSet(attribute.NewSet(d))
+		for o := range h.sets[i].byOutcome {
+			h.sets[i].byOutcome[o] = metric.WithAttributeSet(attribute.NewSet(d, tracing.Outcome.String(actors.Outcome(o).String())))
+		}
+	}
 	h.requests, _ = m.Int64Counter(tracing.MetricRequests,
 		metric.WithDescription("Token requests answered, by dialect and outcome."))
 	h.duration, _ = m.Float64Histogram(tracing.MetricRequestDuration,
@@ -171,10 +195,10 @@ func (h *tokenHandler) serve(ctx context.Context, conn *jsonrpc2.Conn, req *json
 	ctx = extractTrace(ctx, meta, reqMeta)
 	ctx, span := h.tracer.Start(ctx, req.Method, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(
-			attribute.String("rpc.system", "jsonrpc"),
-			attribute.String("rpc.method", req.Method),
-			attribute.String("rpc.jsonrpc.version", "2.0"),
-			attribute.String("rpc.jsonrpc.request_id", req.ID.String()),
+			tracing.RPCSystem.String("jsonrpc"),
+			tracing.RPCMethod.String(req.Method),
+			tracing.RPCJSONRPCVersion.String("2.0"),
+			tracing.RPCRequestID.String(req.ID.String()),
 			tracing.SessionID.String(treq.SessionID),
 			tracing.ProviderName.String(treq.ProviderName),
 		))
@@ -189,15 +213,18 @@ func (h *tokenHandler) serve(ctx context.Context, conn *jsonrpc2.Conn, req *json
 		grant, err = h.router.Acquire(ctx, treq)
 		if err != nil {
 			rpcErr = toRPCError(err)
+			rpcErr.Message = naming(treq, rpcErr.Message)
 		}
 	}
 
-	outcome := grant.Outcome.String()
-	dialect := attribute.String(string(tracing.Dialect), req.Method)
+	sets := &h.sets[dialectIndex(req.Method)]
 	if rpcErr != nil {
-		outcome = actors.OutcomeError.String()
+		grant.Outcome = actors.OutcomeError
+	}
+	outcome := grant.Outcome.String()
+	if rpcErr != nil {
 		span.SetStatus(codes.Error, rpcErr.Message)
-		span.SetAttributes(attribute.Int64("rpc.jsonrpc.error_code", rpcErr.Code), tracing.Outcome.String(outcome))
+		span.SetAttributes(tracing.RPCErrorCode.Int64(rpcErr.Code), tracing.Outcome.String(outcome))
 		h.log.Info("tokenbroker: token request refused", "method", req.Method, "session", treq.SessionID, "provider", treq.ProviderName, "error", rpcErr.Message)
 		h.replyError(ctx, conn, req, rpcErr)
 	} else {
@@ -205,11 +232,11 @@ func (h *tokenHandler) serve(ctx context.Context, conn *jsonrpc2.Conn, req *json
 		if !grant.Token.Bare() {
 			left := time.Until(grant.Token.ExpiresOn).Seconds()
 			span.SetAttributes(tracing.RemainingSeconds.Float64(left))
-			h.remaining.Record(ctx, left, metric.WithAttributes(dialect))
+			h.remaining.Record(ctx, left, sets.dialect)
 		}
 		h.reply(ctx, conn, req, grant.Token)
 	}
-	set := metric.WithAttributes(dialect, tracing.Outcome.String(outcome))
+	set := sets.byOutcome[grant.Outcome]
 	h.requests.Add(ctx, 1, set)
 	h.duration.Record(ctx, time.Since(start).Seconds(), set)
 }
@@ -259,6 +286,24 @@ func toRPCError(err error) *jsonrpc2.Error {
 		code = CodeClosed
 	}
 	return &jsonrpc2.Error{Code: code, Message: err.Error()}
+}
+
+// naming makes a refusal say which session and provider it concerns: the
+// runtime shows the message to the user, and a credential's own errors
+// name neither the session nor, for a shared credential, the provider the
+// runtime asked for.
+func naming(req tokens.Request, msg string) string {
+	var missing []string
+	if !strings.Contains(msg, strconv.Quote(req.SessionID)) {
+		missing = append(missing, "session "+strconv.Quote(req.SessionID))
+	}
+	if !strings.Contains(msg, strconv.Quote(req.ProviderName)) {
+		missing = append(missing, "provider "+strconv.Quote(req.ProviderName))
+	}
+	if len(missing) == 0 {
+		return msg
+	}
+	return strings.Join(missing, ", ") + ": " + msg
 }
 
 // extractTrace continues a W3C trace context carried in the params' _meta

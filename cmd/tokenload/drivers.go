@@ -1,0 +1,368 @@
+package main
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sourcegraph/jsonrpc2"
+
+	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
+	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
+	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/tokens"
+	"github.com/tokenbroker/tokenbroker/transport"
+)
+
+// secretMarker starts every token the fake credentials issue, so the run
+// can check that none reaches its telemetry.
+const secretMarker = "tokenload-secret-"
+
+// credCount counts one provider name's credential calls.
+type credCount struct {
+	calls, failures atomic.Int64
+}
+
+// fakeCredential is a credential with configurable latency, lifetime and
+// failure rate. A zero lifetime issues bare, single-use tokens.
+type fakeCredential struct {
+	latency     time.Duration
+	lifetime    time.Duration
+	failureRate float64
+	count       *credCount
+}
+
+var errInjected = errors.New("tokenload: injected credential failure")
+
+func (f *fakeCredential) Token(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
+	f.count.calls.Add(1)
+	if f.latency > 0 {
+		t := time.NewTimer(f.latency)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			f.count.failures.Add(1)
+			return tokens.Token{}, ctx.Err()
+		}
+	}
+	if f.failureRate > 0 && rand.Float64() < f.failureRate {
+		f.count.failures.Add(1)
+		return tokens.Token{}, errInjected
+	}
+	var b [12]byte
+	_, _ = crand.Read(b[:]) // never fails (crypto/rand)
+	tok := tokens.Token{Value: secretMarker + hex.EncodeToString(b[:])}
+	if f.lifetime > 0 {
+		tok.ExpiresOn = time.Now().Add(f.lifetime)
+	}
+	return tok, nil
+}
+
+// credentials hands out the providers' sources: one shared Credential per
+// provider name, or a fresh source per session.
+type credentials struct {
+	cfg    *config
+	broker *actors.Broker
+	counts []*credCount // by provider index
+	shared []*actors.Credential
+}
+
+func newCredentials(cfg *config, broker *actors.Broker) (*credentials, error) {
+	c := &credentials{cfg: cfg, broker: broker}
+	for j := range cfg.Providers {
+		count := &credCount{}
+		c.counts = append(c.counts, count)
+		if cfg.Shared {
+			cred, err := broker.NewCredential(providerName(j), "", c.fake(j))
+			if err != nil {
+				return nil, err
+			}
+			c.shared = append(c.shared, cred)
+		}
+	}
+	return c, nil
+}
+
+func (c *credentials) fake(j int) tokens.Source {
+	return &fakeCredential{latency: c.cfg.CredLatency, lifetime: c.cfg.Lifetime, failureRate: c.cfg.FailureRate, count: c.counts[j]}
+}
+
+func (c *credentials) source(j int) tokens.Source {
+	if c.cfg.Shared {
+		return c.shared[j]
+	}
+	return c.fake(j)
+}
+
+func providerName(j int) string { return fmt.Sprintf("p%d", j) }
+func sessionName(i int) string  { return fmt.Sprintf("load-%06d", i) }
+
+// slot identifies one operation: the worker, its own iteration count and
+// the run's global count.
+type slot struct{ worker, iter, global int }
+
+// driver is a way of producing token requests.
+type driver interface {
+	// label describes the runtime for the report.
+	label() string
+	// clientOp names what op measures on the client side.
+	clientOp() string
+	// open creates the sessions.
+	open(ctx context.Context) error
+	// op performs one unit of load.
+	op(ctx context.Context, s slot) error
+	// close ends the runtime connection (the broker is closed by the caller).
+	close() error
+	// extra is driver-specific data for the report.
+	extra() map[string]any
+}
+
+// directDriver plays the runtime itself: a jsonrpc2 client on the far end of
+// an in-memory pipe sending token requests as fast as the load allows,
+// with no model calls in between. It measures the broker and the
+// transport, nothing else.
+type directDriver struct {
+	cfg    *config
+	creds  *credentials
+	conn   *transport.Conn
+	rt     *jsonrpc2.Conn
+	method string
+}
+
+func newDirect(ctx context.Context, cfg *config, broker *actors.Broker, creds *credentials, opts transport.ConnOptions) *directDriver {
+	client, runtime := transport.Pipe()
+	conn := transport.NewConn(ctx, broker, client, nil, opts)
+	rt := jsonrpc2.NewConn(ctx, transport.NewStream(runtime, transport.Codec{}), jsonrpc2.HandlerWithError(
+		func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) { return nil, nil }),
+		// Replies to calls cut short by the end of the run are expected.
+		jsonrpc2.SetLogger(log.New(io.Discard, "", 0)))
+	method := transport.MethodGetToken
+	if cfg.Dialect == "acquire" {
+		method = transport.MethodAcquire
+	}
+	return &directDriver{cfg: cfg, creds: creds, conn: conn, rt: rt, method: method}
+}
+
+func (d *directDriver) label() string {
+	return fmt.Sprintf("direct: token requests over an in-memory pipe (%s)", d.method)
+}
+func (d *directDriver) clientOp() string { return "token request round trip" }
+
+func (d *directDriver) open(context.Context) error {
+	for i := range d.cfg.Sessions {
+		ps := make([]actors.Provider, d.cfg.Providers)
+		for j := range ps {
+			ps[j] = actors.Provider{Name: providerName(j), Source: d.creds.source(j)}
+		}
+		if err := d.conn.Router.Open(sessionName(i), ps); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type tokenParams struct {
+	SessionID    string `json:"sessionId"`
+	ProviderName string `json:"providerName"`
+}
+
+func (d *directDriver) op(ctx context.Context, s slot) error {
+	n := d.cfg.Sessions
+	p := tokenParams{SessionID: sessionName(s.global % n), ProviderName: providerName(s.global / n % d.cfg.Providers)}
+	var res struct {
+		Token string `json:"token"`
+	}
+	if err := d.rt.Call(ctx, d.method, p, &res); err != nil {
+		return err
+	}
+	if res.Token == "" {
+		return errors.New("empty token in the reply")
+	}
+	return nil
+}
+
+func (d *directDriver) close() error {
+	err := d.rt.Close()
+	<-d.conn.DisconnectNotify()
+	if errors.Is(err, jsonrpc2.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (d *directDriver) extra() map[string]any { return nil }
+
+// turnDriver drives a runtime through sessions.Client: session.create for
+// every session, then session.send turns; each turn makes the runtime ask
+// for a token and call a fake model endpoint with it.
+type turnDriver struct {
+	cfg      *config
+	creds    *credentials
+	client   *sessions.Client
+	model    *fakemodel.Server
+	modelURL string
+	sim      *runtimesim.Runtime
+	simDone  chan struct{}
+	desc     string
+
+	mu       sync.Mutex
+	sessions []*sessions.Session
+}
+
+func newTurnDriver(ctx context.Context, cfg *config, broker *actors.Broker, creds *credentials, opts transport.ConnOptions) (*turnDriver, error) {
+	d := &turnDriver{cfg: cfg, creds: creds, modelURL: cfg.ModelURL}
+	if d.modelURL == "" {
+		model, err := fakemodel.Start(fakemodel.Options{PathPrefix: "/v1", Reply: func(fakemodel.Request) string { return "ok" }})
+		if err != nil {
+			return nil, err
+		}
+		d.model, d.modelURL = model, model.URL()
+	}
+	copts := sessions.ClientOptions{Conn: opts, EventBuffer: -1}
+	var err error
+	switch cfg.Runtime {
+	case "sim":
+		dialect, _ := runtimesim.ParseDialect(cfg.Dialect) // checked by parseFlags
+		d.sim = runtimesim.New(runtimesim.Options{Dialect: dialect})
+		clientEnd, runtimeEnd := transport.Pipe()
+		d.simDone = make(chan struct{})
+		go func() {
+			defer close(d.simDone)
+			_ = d.sim.Serve(context.WithoutCancel(ctx), runtimeEnd) // ends when the client closes its end
+		}()
+		d.client, err = sessions.Connect(ctx, broker, clientEnd, copts)
+		d.desc = fmt.Sprintf("embedded simulator (%s dialect)", dialect)
+	case "tcp":
+		var conn net.Conn
+		conn, err = transport.Dial(ctx, cfg.Addr)
+		if err == nil {
+			d.client, err = sessions.Connect(ctx, broker, conn, copts)
+		}
+		d.desc = "runtime at " + cfg.Addr
+	case "copilot":
+		copts.CLIPath = cfg.CLIPath
+		if copts.CLIPath == "" {
+			copts.CLIPath = os.Getenv("COPILOT_CLI_PATH")
+		}
+		if copts.CLIPath == "" {
+			copts.CLIPath = filepath.Join(".cache", "copilot-1.0.102", "node_modules", "@github", "copilot-linux-x64", "copilot")
+		}
+		if _, serr := os.Stat(copts.CLIPath); serr != nil {
+			err = fmt.Errorf("Copilot CLI not found at %s: run `make cli`, set COPILOT_CLI_PATH or pass -cli", copts.CLIPath)
+			break
+		}
+		d.client, err = sessions.Start(ctx, broker, copts)
+		if err == nil {
+			d.desc = fmt.Sprintf("Copilot CLI %s, pid %d", d.client.Info().Version, d.client.Pid())
+		}
+	default:
+		err = fmt.Errorf("unknown runtime %q", cfg.Runtime)
+	}
+	if err != nil {
+		d.closeModel()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *turnDriver) label() string    { return d.desc }
+func (d *turnDriver) clientOp() string { return "turn (session.send to session.idle)" }
+
+// sessionConfig: every session names all providers; session i selects
+// provider i mod M's model, so the load spreads over the providers.
+func (d *turnDriver) sessionConfig(i int) sessions.SessionConfig {
+	cfg := sessions.SessionConfig{SessionID: sessionName(i)}
+	for j := range d.cfg.Providers {
+		name := providerName(j)
+		cfg.Providers = append(cfg.Providers, sessions.NamedProviderConfig{Name: name, ProviderConfig: sessions.ProviderConfig{
+			Type: "openai", BaseURL: d.modelURL, BearerTokenSource: d.creds.source(j),
+		}})
+		cfg.Models = append(cfg.Models, sessions.ModelConfig{ID: "m" + name, Provider: name, WireModel: "gpt-4o"})
+	}
+	j := i % d.cfg.Providers
+	cfg.Model = providerName(j) + "/m" + providerName(j)
+	return cfg
+}
+
+func (d *turnDriver) open(ctx context.Context) error {
+	d.sessions = make([]*sessions.Session, d.cfg.Sessions)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	for range min(d.cfg.Concurrency, 16, d.cfg.Sessions) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= d.cfg.Sessions || ctx.Err() != nil {
+					return
+				}
+				s, err := d.client.CreateSession(ctx, d.sessionConfig(i))
+				if err != nil {
+					select {
+					case errs <- fmt.Errorf("creating session %d: %w", i, err):
+					default:
+					}
+					return
+				}
+				d.sessions[i] = s
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return ctx.Err()
+	}
+}
+
+// op runs one turn. Worker w takes sessions w, w+C, w+2C...: with C <= N no
+// two workers share a session.
+func (d *turnDriver) op(ctx context.Context, s slot) error {
+	n := d.cfg.Sessions
+	sess := d.sessions[(s.worker+s.iter*d.cfg.Concurrency)%n]
+	_, err := sess.SendAndWait(ctx, "load test turn")
+	return err
+}
+
+func (d *turnDriver) close() error {
+	err := d.client.Close()
+	if d.simDone != nil {
+		<-d.simDone
+	}
+	d.closeModel()
+	return err
+}
+
+func (d *turnDriver) closeModel() {
+	if d.model != nil {
+		_ = d.model.Close()
+	}
+}
+
+func (d *turnDriver) extra() map[string]any {
+	out := map[string]any{}
+	if d.sim != nil {
+		out["simulator"] = d.sim.Stats()
+	}
+	if d.model != nil {
+		out["model_requests"] = d.model.Count()
+	}
+	return out
+}

@@ -1,0 +1,390 @@
+package export_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/tokens"
+	"github.com/tokenbroker/tokenbroker/tracing"
+	"github.com/tokenbroker/tokenbroker/tracing/export"
+	"github.com/tokenbroker/tokenbroker/tracing/leakscan"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// protoactor's dead-letter throttle sleeps about a second after a
+		// message to a stopped actor, then ends.
+		goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"),
+		// net/http's idle keep-alive connections of the OTLP HTTP
+		// exporter's client close on their own.
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
+
+func TestParseTarget(t *testing.T) {
+	for in, want := range map[string]export.Target{
+		"":          {Kind: export.None},
+		"none":      {Kind: export.None},
+		"stdout":    {Kind: export.Stdout},
+		"stderr":    {Kind: export.Stderr},
+		"otlp":      {Kind: export.OTLP},
+		"otlp-grpc": {Kind: export.OTLPGRPC},
+		"otlp-http": {Kind: export.OTLPHTTP},
+		"file:a/b":  {Kind: export.File, Path: "a/b"},
+	} {
+		got, err := export.ParseTarget(in)
+		if err != nil || got != want {
+			t.Errorf("ParseTarget(%q) = %v, %v; want %v", in, got, err, want)
+		}
+		if in != "" {
+			if back, _ := export.ParseTarget(got.String()); back != got {
+				t.Errorf("%v does not round-trip", got)
+			}
+		}
+	}
+	for _, bad := range []string{"file:", "jaeger", "FILE:x", "otlp:grpc"} {
+		if _, err := export.ParseTarget(bad); err == nil {
+			t.Errorf("ParseTarget(%q) accepted", bad)
+		}
+	}
+}
+
+// exercise runs one cold and one cached token request through a broker
+// using p, and returns the token value served.
+func exercise(t *testing.T, p *export.Providers) string {
+	t.Helper()
+	b := actors.NewBroker(actors.Options{TracerProvider: p.Tracer, MeterProvider: p.Meter})
+	defer func() {
+		if err := b.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	r := b.NewRouter()
+	secret := fmt.Sprintf("export-secret-%d", time.Now().UnixNano())
+	src := tokens.Static(tokens.Token{Value: secret, ExpiresOn: time.Now().Add(time.Hour)})
+	if err := r.Open("s", []actors.Provider{{Name: "p", Source: src}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		g, err := r.Acquire(context.Background(), tokens.Request{SessionID: "s", ProviderName: "p"})
+		if err != nil || g.Token.Value != secret {
+			t.Fatalf("acquire: %v", err)
+		}
+	}
+	// The gauges are observed only while the broker runs: export now.
+	if err := p.Meter.ForceFlush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return secret
+}
+
+// jsonLines decodes every line of out and returns the span names and
+// metric names found.
+func jsonLines(t *testing.T, out []byte) (spans, metrics []string) {
+	t.Helper()
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var doc struct {
+			Name         string
+			ScopeMetrics []struct{ Metrics []struct{ Name string } }
+		}
+		if err := json.Unmarshal(sc.Bytes(), &doc); err != nil {
+			t.Fatalf("not a JSON line: %v", err)
+		}
+		if doc.Name != "" {
+			spans = append(spans, doc.Name)
+		}
+		for _, sm := range doc.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				metrics = append(metrics, m.Name)
+			}
+		}
+	}
+	return spans, metrics
+}
+
+func TestStdoutAndFileTargets(t *testing.T) {
+	var buf syncBuffer
+	file := filepath.Join(t.TempDir(), "telemetry.jsonl")
+	for _, target := range []string{"stdout", "file:" + file} {
+		t.Run(target, func(t *testing.T) {
+			tg, err := export.ParseTarget(target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := export.New(context.Background(), export.Config{Target: tg, Metrics: true, Writer: &buf, ServiceName: "export-test"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			secret := exercise(t, p)
+			if err := p.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			out := buf.Bytes()
+			if tg.Kind == export.File {
+				if out, err = os.ReadFile(file); err != nil {
+					t.Fatal(err)
+				}
+				if fi, _ := os.Stat(file); fi.Mode().Perm() != 0o600 {
+					t.Errorf("file mode %v", fi.Mode())
+				}
+			}
+			spans, metrics := jsonLines(t, out)
+			if !slices.Contains(spans, tracing.SpanRefresh) {
+				t.Errorf("no refresh span exported; spans %v", spans)
+			}
+			for _, want := range []string{tracing.MetricRefreshes, tracing.MetricActiveSessions} {
+				if !slices.Contains(metrics, want) {
+					t.Errorf("metric %s not exported; got %v", want, metrics)
+				}
+			}
+			if !bytes.Contains(out, []byte(`"export-test"`)) {
+				t.Error("service name missing from the resource")
+			}
+			if hits := leakscan.Text(out, []string{secret}); len(hits) != 0 {
+				t.Error("token value exported")
+			}
+		})
+	}
+}
+
+// collector is an OTLP stub on 127.0.0.1 speaking HTTP or gRPC.
+type collector struct {
+	mu      sync.Mutex
+	spans   []string
+	metrics []string
+}
+
+func (c *collector) addTraces(req *coltracepb.ExportTraceServiceRequest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rs := range req.GetResourceSpans() {
+		for _, ss := range rs.GetScopeSpans() {
+			for _, s := range ss.GetSpans() {
+				c.spans = append(c.spans, s.GetName())
+			}
+		}
+	}
+}
+
+func (c *collector) addMetrics(req *colmetricpb.ExportMetricsServiceRequest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rm := range req.GetResourceMetrics() {
+		for _, sm := range rm.GetScopeMetrics() {
+			for _, m := range sm.GetMetrics() {
+				c.metrics = append(c.metrics, m.GetName())
+			}
+		}
+	}
+}
+
+func (c *collector) check(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !slices.Contains(c.spans, tracing.SpanRefresh) {
+		t.Errorf("collector got spans %v", c.spans)
+	}
+	if !slices.Contains(c.metrics, tracing.MetricRefreshes) {
+		t.Errorf("collector got metrics %v", c.metrics)
+	}
+}
+
+func (c *collector) serveHTTP(t *testing.T) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil || r.Header.Get("Content-Type") != "application/x-protobuf" {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		switch r.URL.Path {
+		case "/v1/traces":
+			var req coltracepb.ExportTraceServiceRequest
+			if proto.Unmarshal(body, &req) != nil {
+				http.Error(w, "bad protobuf", http.StatusBadRequest)
+				return
+			}
+			c.addTraces(&req)
+		case "/v1/metrics":
+			var req colmetricpb.ExportMetricsServiceRequest
+			if proto.Unmarshal(body, &req) != nil {
+				http.Error(w, "bad protobuf", http.StatusBadRequest)
+				return
+			}
+			c.addMetrics(&req)
+		default:
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+type grpcTraces struct {
+	coltracepb.UnimplementedTraceServiceServer
+	c *collector
+}
+
+func (g grpcTraces) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	g.c.addTraces(req)
+	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+type grpcMetrics struct {
+	colmetricpb.UnimplementedMetricsServiceServer
+	c *collector
+}
+
+func (g grpcMetrics) Export(_ context.Context, req *colmetricpb.ExportMetricsServiceRequest) (*colmetricpb.ExportMetricsServiceResponse, error) {
+	g.c.addMetrics(req)
+	return &colmetricpb.ExportMetricsServiceResponse{}, nil
+}
+
+func (c *collector) serveGRPC(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(srv, grpcTraces{c: c})
+	colmetricpb.RegisterMetricsServiceServer(srv, grpcMetrics{c: c})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Stop(); <-done })
+	return "http://" + ln.Addr().String()
+}
+
+// TestOTLPTargets sends to collector stubs on 127.0.0.1, the endpoint and
+// protocol coming from the standard environment variables.
+func TestOTLPTargets(t *testing.T) {
+	for _, tc := range []struct {
+		name, target, protocol string
+		grpc                   bool
+	}{
+		{"http", "otlp-http", "", false},
+		{"grpc", "otlp-grpc", "", true},
+		{"otlp-default-is-http", "otlp", "", false},
+		{"otlp-env-grpc", "otlp", "grpc", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &collector{}
+			endpoint := c.serveHTTP
+			if tc.grpc {
+				endpoint = c.serveGRPC
+			}
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(t))
+			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", tc.protocol)
+			t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "")
+			t.Setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "")
+			tg, _ := export.ParseTarget(tc.target)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			p, err := export.New(ctx, export.Config{Target: tg, Metrics: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			exercise(t, p)
+			if err := p.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			c.check(t)
+		})
+	}
+}
+
+func TestOTLPUnsupportedProtocol(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "")
+	if _, err := export.New(context.Background(), export.Config{Target: export.Target{Kind: export.OTLP}}); err == nil || !strings.Contains(err.Error(), "http/json") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestTreePrinter(t *testing.T) {
+	tree := export.NewTreePrinter()
+	p, err := export.New(context.Background(), export.Config{SpanProcessors: []sdktrace.SpanProcessor{tree}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := p.Tracer.Tracer("test")
+	ctx, root := tr.Start(context.Background(), "root", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(tracing.RPCSystem.String("jsonrpc"), tracing.RemainingSeconds.Float64(12.3456)))
+	_, child := tr.Start(ctx, "child", trace.WithAttributes(tracing.RefreshReason.String("cold")))
+	_, grandchild := tr.Start(trace.ContextWithSpan(ctx, child), "grandchild")
+	grandchild.End()
+	child.End()
+	_, second := tr.Start(ctx, "second-child")
+	second.End()
+	root.End()
+	_, linked := tr.Start(context.Background(), "linked", trace.WithLinks(trace.Link{SpanContext: root.SpanContext()}))
+	linked.End()
+	if err := p.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if _, err := tree.WriteTo(&out); err != nil {
+		t.Fatal(err)
+	}
+	var shape []string
+	for _, line := range strings.Split(strings.TrimRight(out.String(), "\n"), "\n") {
+		indent := len(line) - len(strings.TrimLeft(line, " "))
+		shape = append(shape, fmt.Sprintf("%d %s", indent, strings.Fields(line)[0]))
+	}
+	want := []string{"0 trace", "2 root", "4 child", "6 grandchild", "4 second-child", "0 trace", "2 linked"}
+	if !slices.Equal(shape, want) {
+		t.Fatalf("tree:\n%s\nshape %v, want %v", out.String(), shape, want)
+	}
+	text := out.String()
+	if strings.Contains(text, "rpc.system") {
+		t.Errorf("constant attribute printed:\n%s", text)
+	}
+	for _, want := range []string{"root server", "token.remaining_s=12.3\n", "refresh.reason=cold", "link=" + root.SpanContext().TraceID().String()} {
+		if !strings.Contains(text, want) {
+			t.Errorf("tree lacks %q:\n%s", want, text)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
