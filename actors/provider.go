@@ -155,6 +155,12 @@ type providerActor struct {
 
 	flight      uint64 // id of the refresh in progress, 0 when none
 	flightTimer func() bool
+	refetch     bool // invalidated while the refresh was running: its token may be the revoked one
+
+	// halt ends this actor's credential calls when it stops (its session
+	// closed) or the broker closes: no one is left to use their tokens.
+	halt context.Context
+	stop context.CancelFunc
 	nextID      uint64
 	waiters     []chan<- reply
 	invalidated bool
@@ -191,6 +197,7 @@ func (a *providerActor) Receive(ctx actor.Context) {
 				"provider %q: credential did not answer within %s", a.p.name, a.p.b.policy.RefreshTimeout)}, now)
 		}
 	case invalidate:
+		a.refetch = a.flight != 0
 		a.have, a.invalidated = false, true
 		a.failures, a.lastErr = 0, nil
 		a.cancelTimer()
@@ -198,8 +205,10 @@ func (a *providerActor) Receive(ctx actor.Context) {
 	case released:
 		a.cancelTimer()
 	case *actor.Started:
+		a.halt, a.stop = context.WithCancel(a.p.b.ctx)
 		a.p.b.providersLive.Add(1)
 	case *actor.Stopping:
+		a.stop()
 		a.cancelTimer()
 		if a.flightTimer != nil {
 			a.flightTimer()
@@ -312,21 +321,21 @@ func (a *providerActor) startFetch(ctx actor.Context, reason Reason, trigger con
 	self := ctx.Self()
 	a.flightTimer = b.clock.AfterFunc(b.policy.RefreshTimeout, func() { b.root.Send(self, fetchExpired{id: id}) })
 	b.fetches.Add(1)
-	p, session := a.p, a.session
+	p, session, halt := a.p, a.session, a.halt
 	go func() {
 		defer b.fetches.Done()
-		tok, err := b.runSource(p, trigger, reason, background, session)
+		tok, err := b.runSource(p, trigger, halt, reason, background, session)
 		b.root.Send(self, &fetchDone{id: id, tok: tok, err: err})
 	}()
 }
 
 // fetchBare gets a single-use token for one request.
 func (a *providerActor) fetchBare(m *acquire) {
-	b, p := a.p.b, a.p
+	b, p, halt := a.p.b, a.p, a.halt
 	b.fetches.Add(1)
 	go func() {
 		defer b.fetches.Done()
-		tok, err := b.runSource(p, m.ctx, ReasonBare, false, m.session)
+		tok, err := b.runSource(p, m.ctx, halt, ReasonBare, false, m.session)
 		if err != nil {
 			m.reply <- reply{err: err}
 			return
@@ -336,8 +345,9 @@ func (a *providerActor) fetchBare(m *acquire) {
 }
 
 // runSource makes one credential call with its own deadline and span, and
-// turns a panic, an error or an invalid token into a readable error.
-func (b *Broker) runSource(p *provider, trigger context.Context, reason Reason, background bool, session string) (tok tokens.Token, err error) {
+// turns a panic, an error or an invalid token into a readable error. The
+// call ends early when halt does.
+func (b *Broker) runSource(p *provider, trigger, halt context.Context, reason Reason, background bool, session string) (tok tokens.Token, err error) {
 	if trigger == nil {
 		trigger = context.Background()
 	}
@@ -359,7 +369,7 @@ func (b *Broker) runSource(p *provider, trigger context.Context, reason Reason, 
 	defer span.End()
 	ctx, cancel := context.WithTimeout(ctx, b.policy.RefreshTimeout)
 	defer cancel()
-	stop := context.AfterFunc(b.ctx, cancel) // Close ends every call
+	stop := context.AfterFunc(halt, cancel)
 	defer stop()
 
 	start := time.Now()
@@ -426,6 +436,7 @@ func (a *providerActor) onFetchDone(ctx actor.Context, m *fetchDone, now time.Ti
 		a.flightTimer = nil
 	}
 	if m.err != nil {
+		a.refetch = false
 		a.failures++
 		a.lastErr = m.err
 		a.retryAt = now.Add(a.p.b.policy.Backoff(a.failures, a.p.b.rand()))
@@ -433,6 +444,14 @@ func (a *providerActor) onFetchDone(ctx actor.Context, m *fetchDone, now time.Ti
 		// With a still-valid token, keep serving it and retry in the background.
 		if a.have && a.p.b.policy.Servable(a.tok, now) {
 			a.schedule(ctx, a.retryAt.Sub(now), true)
+		}
+		return
+	}
+	if a.refetch {
+		// Invalidated mid-refresh: this token may be the one revoked.
+		a.refetch = false
+		if len(a.waiters) > 0 {
+			a.startFetch(ctx, ReasonInvalidated, context.Background(), false)
 		}
 		return
 	}

@@ -114,6 +114,11 @@ func (p Policy) RefreshAt(t Token, obtained time.Time, r float64) time.Time {
 	}
 	lead := p.Lead(t, obtained)
 	base := t.ExpiresOn.Add(-lead)
+	if stale := p.StaleAt(t); base.After(stale) && stale.After(obtained) {
+		// A hint inside the floor would leave callers between the floor
+		// and the hint waiting for a refresh in the foreground.
+		base = stale
+	}
 	if at := base.Add(-p.Jitter(lead, r)); at.After(obtained) {
 		return at
 	}

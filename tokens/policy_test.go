@@ -369,3 +369,17 @@ func TestRefreshAtNeverImmediateWhileRefreshPointAhead(t *testing.T) {
 		t.Fatalf("roomy hint: refresh at +%s, want +57m30s", at.Sub(t0))
 	}
 }
+
+// An issuer hint later than the floor would make callers between the floor
+// and the hint wait; the refresh point moves back to the floor.
+func TestRefreshAtHintInsideFloor(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	obtained := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tok := tokens.Token{Value: "x", ExpiresOn: obtained.Add(time.Hour), RefreshOn: obtained.Add(time.Hour - 30*time.Second)}
+	for _, r := range []float64{0, 0.5, 0.999} {
+		at := p.RefreshAt(tok, obtained, r)
+		if at.After(p.StaleAt(tok)) || !at.After(obtained) {
+			t.Fatalf("r=%v: refresh at %s, stale at %s", r, at.Sub(obtained), p.StaleAt(tok).Sub(obtained))
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package actors
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/tokens"
+)
+
+// An invalidation that arrives while a refresh runs discards that refresh's
+// token (it may be the revoked one): the waiting request gets a token from
+// a second call.
+func TestInvalidateDuringRefreshRefetches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := NewBroker(Options{})
+		defer b.Close()
+		r := b.NewRouter()
+		release := make(chan struct{})
+		var calls atomic.Int32
+		src := tokens.Func(func(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
+			if calls.Add(1) == 1 {
+				<-release
+				return tokens.Token{Value: "revoked", ExpiresOn: time.Now().Add(time.Hour)}, nil
+			}
+			return tokens.Token{Value: "fresh", ExpiresOn: time.Now().Add(time.Hour)}, nil
+		})
+		if err := r.Open("s", []Provider{{Name: "p", Source: src}}); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan Grant, 1)
+		go func() {
+			g, err := r.Acquire(context.Background(), tokens.Request{SessionID: "s", ProviderName: "p"})
+			if err != nil {
+				t.Error(err)
+			}
+			got <- g
+		}()
+		synctest.Wait() // the first call is running
+		if err := r.Invalidate("s", "p"); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // the provider actor has taken the invalidation
+		close(release)
+		g := <-got
+		if g.Token.Value != "fresh" || calls.Load() != 2 {
+			t.Fatalf("served %s after %d calls; want the second call's token", tokens.Fingerprint(g.Token.Value), calls.Load())
+		}
+	})
+}
+
+// Closing a session ends its provider's credential call at once instead of
+// letting it run to RefreshTimeout.
+func TestSessionCloseCancelsCredentialCall(t *testing.T) {
+	b := NewBroker(Options{})
+	defer b.Close()
+	r := b.NewRouter()
+	ended := make(chan error, 1)
+	src := tokens.Func(func(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
+		<-ctx.Done()
+		ended <- ctx.Err()
+		return tokens.Token{}, ctx.Err()
+	})
+	if err := r.Open("s", []Provider{{Name: "p", Source: src}}); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.Acquire(context.Background(), tokens.Request{SessionID: "s", ProviderName: "p"})
+		errc <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let the call start; the test holds either way
+	if err := r.CloseSession("s"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-errc:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting request was not released by CloseSession")
+	}
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the credential call kept running after its session closed")
+	}
+}
