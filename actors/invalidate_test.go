@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -84,5 +85,26 @@ func TestSessionCloseCancelsCredentialCall(t *testing.T) {
 	case <-ended:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the credential call kept running after its session closed")
+	}
+}
+
+// A provider on a shared credential without a scope of its own has the
+// credential's: a request naming it is served, another is refused.
+func TestSharedCredentialScopeIsTheProviders(t *testing.T) {
+	b := NewBroker(Options{})
+	defer b.Close()
+	c, err := b.NewCredential("mi", "api://a/.default", tokens.Static(tokens.Token{Value: "t", ExpiresOn: time.Now().Add(time.Hour)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := b.NewRouter()
+	if err := r.Open("s", []Provider{{Name: "p", Source: c}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Acquire(context.Background(), tokens.Request{SessionID: "s", ProviderName: "p", Scope: "api://a/.default"}); err != nil {
+		t.Fatalf("the credential's own scope was refused: %v", err)
+	}
+	if _, err := r.Acquire(context.Background(), tokens.Request{SessionID: "s", ProviderName: "p", Scope: "api://b/.default"}); !errors.Is(err, ErrScopeMismatch) {
+		t.Fatalf("another scope: %v, want ErrScopeMismatch", err)
 	}
 }

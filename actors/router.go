@@ -59,7 +59,7 @@ func (r *Router) Open(sessionID string, providers []Provider) error {
 			if c.closed() {
 				return fmt.Errorf("tokenbroker: Open %q: %w", sessionID, closedError(c.String()))
 			}
-			rt.p = c.p
+			rt.p, rt.scope = c.p, c.p.scope // the credential's scope is the provider's
 		} else {
 			rt.p = &provider{b: r.b, name: pv.Name, scope: pv.Scope, src: pv.Source}
 		}
