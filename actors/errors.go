@@ -28,7 +28,7 @@ type brokerError struct {
 	cause error
 }
 
-func (e *brokerError) Error() string   { return e.msg }
+func (e *brokerError) Error() string { return e.msg }
 func (e *brokerError) Unwrap() []error {
 	if e.cause == nil {
 		return []error{e.kind}

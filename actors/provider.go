@@ -156,14 +156,14 @@ type providerActor struct {
 	flight      uint64 // id of the refresh in progress, 0 when none
 	flightTimer func() bool
 	refetch     bool // invalidated while the refresh was running: its token may be the revoked one
+	nextID      uint64
+	waiters     []chan<- reply
+	invalidated bool
 
 	// halt ends this actor's credential calls when it stops (its session
 	// closed) or the broker closes: no one is left to use their tokens.
 	halt context.Context
 	stop context.CancelFunc
-	nextID      uint64
-	waiters     []chan<- reply
-	invalidated bool
 
 	failures int
 	lastErr  error
