@@ -278,8 +278,8 @@ func (s *spanPrinter) total() int {
 }
 
 func (s *spanPrinter) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
-func (s *spanPrinter) Shutdown(context.Context) error                 { return nil }
-func (s *spanPrinter) ForceFlush(context.Context) error               { return nil }
+func (s *spanPrinter) Shutdown(context.Context) error                  { return nil }
+func (s *spanPrinter) ForceFlush(context.Context) error                { return nil }
 
 func (s *spanPrinter) OnEnd(span sdktrace.ReadOnlySpan) {
 	if span.Name() != transport.MethodAcquire && span.Name() != transport.MethodGetToken {
