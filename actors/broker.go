@@ -115,7 +115,7 @@ func NewBroker(opts Options) *Broker {
 	}
 	b.metrics = newInstruments(mp.Meter(tracing.InstrumentationName), b)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
-	actorLog := log.With("lib", "protoactor")
+	actorLog := slog.New(typesOnly{log.With("lib", "protoactor").Handler()})
 	b.system = actor.NewActorSystem(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLog }),
 		// Token requests never carry a protoactor sender; a dead letter is
@@ -218,3 +218,51 @@ func (b *Broker) spawn(props *actor.Props) *actor.PID {
 }
 
 var errBrokerClosed = errors.New("broker closed")
+
+// typesOnly keeps message contents out of protoactor's logs. It logs a dead
+// letter with the undelivered message itself, and ours can carry a token
+// (a credential's answer reaching a provider whose session just closed),
+// which slog's text handler would print field by field. Arbitrary values
+// are logged by type; errors and PIDs keep their text.
+type typesOnly struct{ slog.Handler }
+
+func (h typesOnly) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(typeOnly(a))
+		return true
+	})
+	return h.Handler.Handle(ctx, out)
+}
+
+func (h typesOnly) WithAttrs(as []slog.Attr) slog.Handler {
+	safe := make([]slog.Attr, len(as))
+	for i, a := range as {
+		safe[i] = typeOnly(a)
+	}
+	return typesOnly{h.Handler.WithAttrs(safe)}
+}
+
+func (h typesOnly) WithGroup(name string) slog.Handler { return typesOnly{h.Handler.WithGroup(name)} }
+
+func typeOnly(a slog.Attr) slog.Attr {
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindAny:
+		switch x := v.Any().(type) {
+		case *actor.PID:
+			return slog.String(a.Key, x.String())
+		case error:
+			return slog.String(a.Key, x.Error())
+		}
+		return slog.String(a.Key, fmt.Sprintf("%T", v.Any()))
+	case slog.KindGroup:
+		g := v.Group()
+		safe := make([]any, len(g))
+		for i, ga := range g {
+			safe[i] = typeOnly(ga)
+		}
+		return slog.Group(a.Key, safe...)
+	}
+	return slog.Attr{Key: a.Key, Value: v}
+}

@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"sync/atomic"
@@ -394,7 +395,10 @@ func (b *Broker) runSource(p *provider, trigger, halt context.Context, reason Re
 	}
 	span.SetAttributes(tracing.RefreshOutcome.String(outcome))
 	b.metrics.refreshed(reason, outcome, time.Since(start).Seconds())
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrClosed):
+		b.log.Debug("tokenbroker: credential call cancelled", "provider", p.name, "reason", reason.String())
+	case err != nil:
 		b.log.Warn("tokenbroker: credential call failed", "provider", p.name, "reason", reason.String(), "error", err.Error())
 	}
 	return tok, err
@@ -420,8 +424,13 @@ func panicSummary(v any) string {
 }
 
 func credentialError(provider string, err error, ctx context.Context) error {
-	if ctx.Err() != nil {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return newError(ErrTimeout, err, "provider %q: credential did not answer within its deadline: %s", provider, redact(err.Error()))
+	case ctx.Err() != nil:
+		// Its provider stopped (session or credential closed) or the broker
+		// is closing: nobody is waiting for this answer any more.
+		return newError(ErrClosed, err, "provider %q: credential call cancelled: provider closed", provider)
 	}
 	return newError(ErrCredential, err, "provider %q: credential failed: %s", provider, redact(err.Error()))
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -63,15 +64,24 @@ func (c Codec) ReadObject(r *bufio.Reader, v any) error {
 		if c.Logger != nil {
 			c.Logger.Warn("tokenbroker: skipped a frame that is not a JSON-RPC message", "bytes", len(body), "error", err.Error())
 		}
+		// A failed decode can leave part of the rejected frame in v (e.g. a
+		// request whose id did not parse); clear it, or it would surface
+		// with the next message.
+		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && !rv.IsNil() {
+			rv.Elem().SetZero()
+		}
 	}
 }
 
 // readFrame reads one header block and its body.
 func readFrame(r *bufio.Reader, limit int) ([]byte, error) {
 	length := -1
-	for {
+	for first := true; ; first = false {
 		line, err := readLine(r)
 		if err != nil {
+			if !first && errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF // the stream ended inside a header block
+			}
 			return nil, err
 		}
 		if line == "" {

@@ -1,0 +1,325 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sourcegraph/jsonrpc2"
+	"go.uber.org/goleak"
+
+	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/tokens"
+)
+
+// settle bounds waits for things that must happen "at all": generous, so
+// that a slow, shared machine never fails a correct build.
+const settle = 10 * time.Second
+
+// protoactor's dead-letter throttle sleeps about a second after a dead
+// letter; it is not ours and ends by itself. Its name depends on inlining.
+var ignoreThrottle = []goleak.Option{
+	goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewThrottle.func1"),
+	goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"),
+}
+
+func verifyNoLeaks(t *testing.T) {
+	t.Helper()
+	opts := append([]goleak.Option{goleak.IgnoreCurrent()}, ignoreThrottle...)
+	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
+}
+
+func newTestBroker(t *testing.T, opts actors.Options) *actors.Broker {
+	t.Helper()
+	b := actors.NewBroker(opts)
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("broker Close: %v", err)
+		}
+	})
+	return b
+}
+
+// rtConn is the runtime's side of a test connection: a jsonrpc2 client.
+type rtConn struct {
+	*jsonrpc2.Conn
+	client *Conn
+}
+
+// dial connects a runtime client to a new Conn of b over Pipe.
+func dial(t *testing.T, b *actors.Broker, opts ConnOptions, next jsonrpc2.Handler) *rtConn {
+	t.Helper()
+	clientEnd, runtimeEnd := Pipe()
+	ctx := context.Background()
+	client := NewConn(ctx, b, clientEnd, next, opts)
+	rt := jsonrpc2.NewConn(ctx, NewStream(runtimeEnd, Codec{}), noRequests{})
+	t.Cleanup(func() {
+		_ = rt.Close()
+		_ = client.Close()
+		<-client.DisconnectNotify()
+		<-rt.DisconnectNotify()
+	})
+	return &rtConn{Conn: rt, client: client}
+}
+
+// noRequests answers any request made to the runtime side with an error.
+type noRequests struct{}
+
+func (noRequests) Handle(ctx context.Context, c *jsonrpc2.Conn, r *jsonrpc2.Request) {
+	if !r.Notif {
+		_ = c.ReplyWithError(ctx, r.ID, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "no"})
+	}
+}
+
+// token asks for a token in the given dialect and returns the raw result.
+func (rt *rtConn) token(ctx context.Context, method, session, provider string) (json.RawMessage, error) {
+	params := map[string]string{"sessionId": session, "providerName": provider}
+	var raw json.RawMessage
+	err := rt.Call(ctx, method, params, &raw)
+	return raw, err
+}
+
+func staticSource(value string) tokens.Source {
+	return tokens.Static(tokens.Token{Value: value, ExpiresOn: time.Now().Add(time.Hour)})
+}
+
+// blockingSource blocks every call until release is closed or its context
+// ends, and reports each call's end on ended.
+type blockingSource struct {
+	started chan struct{}
+	release chan struct{}
+	ended   chan error
+	value   string
+}
+
+func newBlockingSource(value string) *blockingSource {
+	return &blockingSource{started: make(chan struct{}, 16), release: make(chan struct{}), ended: make(chan error, 16), value: value}
+}
+
+func (s *blockingSource) Token(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
+	s.started <- struct{}{}
+	select {
+	case <-s.release:
+		s.ended <- nil
+		return tokens.Token{Value: s.value, ExpiresOn: time.Now().Add(time.Hour)}, nil
+	case <-ctx.Done():
+		s.ended <- ctx.Err()
+		return tokens.Token{}, ctx.Err()
+	}
+}
+
+func waitFor(t *testing.T, what string, ch <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(settle):
+		t.Fatalf("%s did not happen within %s", what, settle)
+	}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(settle)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not happen within %s", what, settle)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// When the runtime goes away, the connection's Router closes: its sessions
+// are gone and no new one can be opened on it.
+func TestConnRouterClosesWhenRuntimeDisconnects(t *testing.T) {
+	verifyNoLeaks(t)
+	b := newTestBroker(t, actors.Options{})
+	rt := dial(t, b, ConnOptions{}, nil)
+	if err := rt.client.Router.Open("s", []actors.Provider{{Name: "p", Source: staticSource("t1")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.token(context.Background(), MethodGetToken, "s", "p"); err != nil {
+		t.Fatal(err)
+	}
+	_ = rt.Close()
+	waitFor(t, "client side noticing the disconnect", rt.client.DisconnectNotify())
+	eventually(t, "router closing", func() bool { return rt.client.Router.Len() == 0 })
+	if err := rt.client.Router.Open("s2", []actors.Provider{{Name: "p", Source: staticSource("t2")}}); !errors.Is(err, actors.ErrClosed) {
+		t.Fatalf("Open on a dead connection: %v", err)
+	}
+}
+
+// rawPeer drives the runtime end of a pipe by hand: it writes arbitrary
+// bytes and decodes whatever frames come back.
+type rawPeer struct {
+	w       io.WriteCloser
+	replies chan json.RawMessage
+	done    chan struct{} // closed when the client side closed the pipe
+}
+
+func dialRaw(t *testing.T, b *actors.Broker, opts ConnOptions) (*Conn, *rawPeer) {
+	t.Helper()
+	clientEnd, runtimeEnd := Pipe()
+	client := NewConn(context.Background(), b, clientEnd, nil, opts)
+	p := &rawPeer{w: runtimeEnd, replies: make(chan json.RawMessage, 64), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		r := bufio.NewReader(runtimeEnd)
+		for {
+			var m json.RawMessage
+			if err := (Codec{}).ReadObject(r, &m); err != nil {
+				return
+			}
+			p.replies <- m
+		}
+	}()
+	t.Cleanup(func() {
+		_ = runtimeEnd.Close()
+		_ = client.Close()
+		<-client.DisconnectNotify()
+		<-p.done
+	})
+	return client, p
+}
+
+// write sends raw bytes; over a synchronous pipe it fails once the client
+// side has closed, which is fine here.
+func (p *rawPeer) write(s string) { _, _ = io.WriteString(p.w, s) }
+
+func (p *rawPeer) reply(t *testing.T) map[string]any {
+	t.Helper()
+	select {
+	case m := <-p.replies:
+		var v map[string]any
+		if err := json.Unmarshal(m, &v); err != nil {
+			t.Fatalf("reply %s: %v", m, err)
+		}
+		return v
+	case <-time.After(settle):
+		t.Fatalf("no reply within %s", settle)
+		return nil
+	}
+}
+
+// A frame whose header is broken, or whose declared size is over the cap,
+// ends the connection: the stream cannot be trusted after it. The router
+// closes with it. An oversize frame is refused from its header alone.
+func TestConnBadFramingClosesConnection(t *testing.T) {
+	cases := map[string]string{
+		"oversize":       "Content-Length: 1099511627776\r\n\r\n",
+		"bad length":     "Content-Length: 12x\r\n\r\n{}",
+		"no colon":       "garbage\r\n\r\n",
+		"bare LF":        "Content-Length: 2\n\n{}",
+		"endless header": string(make([]byte, 4096)),
+	}
+	for name, in := range cases {
+		t.Run(name, func(t *testing.T) {
+			verifyNoLeaks(t)
+			b := newTestBroker(t, actors.Options{})
+			client, peer := dialRaw(t, b, ConnOptions{MaxFrameSize: 1 << 10})
+			if err := client.Router.Open("s", []actors.Provider{{Name: "p", Source: staticSource("t")}}); err != nil {
+				t.Fatal(err)
+			}
+			go peer.write(in)
+			waitFor(t, "connection closing", client.DisconnectNotify())
+			waitFor(t, "pipe closing", peer.done)
+			eventually(t, "router closing", func() bool { return client.Router.Len() == 0 })
+		})
+	}
+}
+
+// A well-framed body that is not a JSON-RPC message (garbage, a batch, a
+// message that is neither request nor response, an id of the wrong type)
+// is skipped, and the connection keeps answering.
+func TestConnSkipsBodiesThatAreNotMessages(t *testing.T) {
+	verifyNoLeaks(t)
+	b := newTestBroker(t, actors.Options{})
+	client, peer := dialRaw(t, b, ConnOptions{})
+	if err := client.Router.Open("s", []actors.Provider{{Name: "p", Source: staticSource("tok-skip")}}); err != nil {
+		t.Fatal(err)
+	}
+	junk := []string{
+		"\x00\xff not json",
+		`[{"jsonrpc":"2.0","id":1,"method":"providerToken.getToken","params":{"sessionId":"s","providerName":"p"}}]`,
+		`{"jsonrpc":"2.0"}`,
+		`{"jsonrpc":"2.0","id":1,"method":"x","result":1}`,
+		`{"jsonrpc":"2.0","id":1.5,"method":"providerToken.getToken","params":{"sessionId":"s","providerName":"p"}}`,
+		`{"jsonrpc":"2.0","id":true,"method":"providerToken.getToken","params":{"sessionId":"s","providerName":"p"}}`,
+		`{"jsonrpc":"2.0","id":1e400,"method":"providerToken.getToken","params":{"sessionId":"s","providerName":"p"}}`,
+		`{"jsonrpc":"2.0","id":99,"result":{}}`, // a response to nothing: ignored
+	}
+	for _, j := range junk {
+		peer.write(frame(j))
+	}
+	peer.write(frame(`{"jsonrpc":"2.0","id":"after","method":"providerToken.getToken","params":{"sessionId":"s","providerName":"p"}}`))
+	r := peer.reply(t)
+	if r["id"] != "after" || r["result"].(map[string]any)["token"] != "tok-skip" {
+		t.Fatalf("reply after junk: %v", r)
+	}
+	select {
+	case m := <-peer.replies:
+		t.Fatalf("a skipped body was answered: %s", m)
+	default:
+	}
+}
+
+// The ids a runtime may send come back as sent: numbers, strings, zero,
+// the largest uint64; a null id makes a notification, never answered.
+func TestConnEchoesRequestIDs(t *testing.T) {
+	verifyNoLeaks(t)
+	b := newTestBroker(t, actors.Options{})
+	client, peer := dialRaw(t, b, ConnOptions{})
+	if err := client.Router.Open("s", []actors.Provider{{Name: "p", Source: staticSource("tok-id")}}); err != nil {
+		t.Fatal(err)
+	}
+	params := `"params":{"sessionId":"s","providerName":"p"}`
+	peer.write(frame(`{"jsonrpc":"2.0","id":null,"method":"providerToken.getToken",` + params + `}`))
+	for _, id := range []string{`0`, `7`, `"seven"`, `""`, `9223372036854775807`} {
+		peer.write(frame(`{"jsonrpc":"2.0","id":` + id + `,"method":"providerToken.getToken",` + params + `}`))
+		r := peer.reply(t)
+		got, _ := json.Marshal(r["id"])
+		var want any
+		_ = json.Unmarshal([]byte(id), &want)
+		w, _ := json.Marshal(want)
+		if string(got) != string(w) {
+			t.Errorf("id %s answered with id %s", id, got)
+		}
+	}
+	select {
+	case m := <-peer.replies:
+		t.Fatalf("unexpected reply (the null-id notification?): %s", m)
+	default:
+	}
+}
+
+// Token requests are served concurrently: one waiting on a slow credential
+// does not hold up another on the same connection.
+func TestConnSlowCredentialDoesNotBlockConnection(t *testing.T) {
+	verifyNoLeaks(t)
+	b := newTestBroker(t, actors.Options{RequestTimeout: time.Hour})
+	rt := dial(t, b, ConnOptions{}, nil)
+	slow := newBlockingSource("tok-slow")
+	err := rt.client.Router.Open("s", []actors.Provider{{Name: "slow", Source: slow}, {Name: "fast", Source: staticSource("tok-fast")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if _, err := rt.token(context.Background(), MethodGetToken, "s", "slow"); err != nil {
+			t.Errorf("slow: %v", err)
+		}
+	}()
+	waitFor(t, "slow credential called", slow.started)
+	raw, err := rt.token(context.Background(), MethodGetToken, "s", "fast")
+	if err != nil || string(raw) != `{"token":"tok-fast"}` {
+		t.Fatalf("fast while slow pending: %s %v", raw, err)
+	}
+	close(slow.release)
+	wg.Wait()
+}
