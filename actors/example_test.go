@@ -1,0 +1,64 @@
+package actors_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/tokens"
+)
+
+// A broker answers token requests for the sessions opened on a connection's
+// Router: the first from the callback, the next from the cache.
+func ExampleRouter_Acquire() {
+	broker := actors.NewBroker(actors.Options{})
+	defer broker.Close()
+	router := broker.NewRouter() // one per runtime connection
+
+	src := tokens.Func(func(ctx context.Context, req tokens.Request) (tokens.Token, error) {
+		return tokens.Token{Value: "token-for-" + req.SessionID, ExpiresOn: time.Now().Add(time.Hour)}, nil
+	})
+	if err := router.Open("tenant-a-1", []actors.Provider{{Name: "default", Source: src}}); err != nil {
+		panic(err)
+	}
+	for range 2 {
+		g, err := router.Acquire(context.Background(), tokens.Request{SessionID: "tenant-a-1", ProviderName: "default"})
+		fmt.Println(g.Outcome, g.Token.Value == "token-for-tenant-a-1", err)
+	}
+	_, err := router.Acquire(context.Background(), tokens.Request{SessionID: "tenant-b-1", ProviderName: "default"})
+	fmt.Println(err)
+	// Output:
+	// refreshed true <nil>
+	// hit true <nil>
+	// session "tenant-b-1" is not registered on this connection
+}
+
+// A Credential shares one cache among many sessions: here 100 sessions
+// cause one credential call.
+func ExampleBroker_NewCredential() {
+	broker := actors.NewBroker(actors.Options{})
+	defer broker.Close()
+	var calls atomic.Int32
+	mi, err := broker.NewCredential("tenant-a-mi", "https://cognitiveservices.azure.com/.default",
+		tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) {
+			calls.Add(1)
+			return tokens.Token{Value: "shared", ExpiresOn: time.Now().Add(time.Hour)}, nil
+		}))
+	if err != nil {
+		panic(err)
+	}
+	router := broker.NewRouter()
+	for i := range 100 {
+		id := fmt.Sprint("tenant-a-", i)
+		if err := router.Open(id, []actors.Provider{{Name: "mi", Source: mi}}); err != nil {
+			panic(err)
+		}
+		if _, err := router.Acquire(context.Background(), tokens.Request{SessionID: id, ProviderName: "mi"}); err != nil {
+			panic(err)
+		}
+	}
+	fmt.Println("credential calls:", calls.Load())
+	// Output: credential calls: 1
+}
