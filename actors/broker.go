@@ -11,7 +11,6 @@ package actors
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -217,7 +216,6 @@ func (b *Broker) spawn(props *actor.Props) *actor.PID {
 	return b.root.Spawn(props)
 }
 
-var errBrokerClosed = errors.New("broker closed")
 
 // typesOnly keeps message contents out of protoactor's logs. It logs a dead
 // letter with the undelivered message itself, and ours can carry a token

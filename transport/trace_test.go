@@ -279,7 +279,7 @@ func label(set attribute.Set, keys []attribute.Key) string {
 	parts := make([]string, len(keys))
 	for i, k := range keys {
 		v, _ := set.Value(k)
-		parts[i] = v.Emit()
+		parts[i] = v.String()
 	}
 	return strings.Join(parts, "/")
 }

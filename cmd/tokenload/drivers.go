@@ -218,7 +218,6 @@ type turnDriver struct {
 	simDone  chan struct{}
 	desc     string
 
-	mu       sync.Mutex
 	sessions []*sessions.Session
 }
 

@@ -140,7 +140,7 @@ func describe(s sdktrace.ReadOnlySpan) string {
 		if redundant[kv.Key] {
 			continue
 		}
-		v := kv.Value.Emit()
+		v := kv.Value.String()
 		if kv.Value.Type() == attribute.FLOAT64 {
 			v = strconv.FormatFloat(kv.Value.AsFloat64(), 'f', 1, 64)
 		}
