@@ -56,6 +56,9 @@ func (c *Credential) Scope() string { return c.p.scope }
 // Token serves the shared cached token, refreshing it as the policy says.
 // The request's fields are ignored: the token is the credential's.
 func (c *Credential) Token(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
+	if tok, ok := c.p.cached(ctx, c.p.b.clock.Now()); ok {
+		return tok, nil
+	}
 	g, err := c.p.b.acquire(ctx, c.p, c.pid, &acquire{provider: c.p.name}, nil, c.done)
 	return g.Token, err
 }
