@@ -228,11 +228,23 @@ func (c *collector) tick(now time.Time) {
 		P50: us(c.cur.quantile(0.5)), P99: us(c.cur.quantile(0.99)), Max: us(c.cur.max),
 		ClientN: c.curClient.n, ClientP50: us(c.curClient.quantile(0.5)), ClientP99: us(c.curClient.quantile(0.99)),
 	}
-	c.series = append(c.series, p)
+	// The last interval is cut short by the end of the run; with nothing
+	// in it, it would draw every line down to zero.
+	if p.Requests+p.ClientN+p.Errors > 0 || len(c.series) == 0 || span >= c.series[len(c.series)-1].T-c.prevT() {
+		c.series = append(c.series, p)
+	}
 	c.total.merge(&c.cur)
 	c.totalClient.merge(&c.curClient)
 	c.cur, c.curClient, c.curErrors = hist{}, hist{}, 0
 	c.last = now
+}
+
+// prevT is where the last recorded interval started.
+func (c *collector) prevT() float64 {
+	if n := len(c.series); n > 1 {
+		return c.series[n-2].T
+	}
+	return 0
 }
 
 // progress is what the live line shows.
