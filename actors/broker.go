@@ -216,7 +216,6 @@ func (b *Broker) spawn(props *actor.Props) *actor.PID {
 	return b.root.Spawn(props)
 }
 
-
 // typesOnly keeps message contents out of protoactor's logs. It logs a dead
 // letter with the undelivered message itself, and ours can carry a token
 // (a credential's answer reaching a provider whose session just closed),

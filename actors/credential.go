@@ -59,8 +59,11 @@ func (c *Credential) Token(ctx context.Context, _ tokens.Request) (tokens.Token,
 	if tok, ok := c.p.cached(ctx, c.p.b.clock.Now()); ok {
 		return tok, nil
 	}
-	g, err := c.p.b.acquire(ctx, c.p, c.pid, &acquire{provider: c.p.name}, nil, c.done)
-	return g.Token, err
+	g, err := c.p.b.acquire(ctx, c.pid, &acquire{provider: c.p.name}, nil, c.done)
+	if err != nil {
+		return tokens.Token{}, &contextError{prefix: fmt.Sprintf("shared credential %q: ", c.p.name), err: err}
+	}
+	return g.Token, nil
 }
 
 // Invalidate drops the cached token: the next request refreshes. Use it when

@@ -48,9 +48,19 @@ func unknownProvider(session, name string) error {
 	return newError(ErrUnknownProvider, nil, "no bearer-token provider registered for provider %q in session %q", name, session)
 }
 
-func timedOut(provider string, after time.Duration) error {
-	return newError(ErrTimeout, nil, "provider %q: token request timed out after %s", provider, after.Round(time.Millisecond))
+func timedOut(after time.Duration) error {
+	return newError(ErrTimeout, nil, "token request timed out after %s", after.Round(time.Millisecond))
 }
+
+// contextError puts the names a reader needs (session, provider, shared
+// credential) in front of an error raised where they are not all known.
+type contextError struct {
+	prefix string
+	err    error
+}
+
+func (e *contextError) Error() string { return e.prefix + e.err.Error() }
+func (e *contextError) Unwrap() error { return e.err }
 
 func closedError(what string) error {
 	return newError(ErrClosed, nil, "%s closed", what)

@@ -32,7 +32,7 @@ func ExampleRouter_Acquire() {
 	// Output:
 	// refreshed true <nil>
 	// hit true <nil>
-	// session "tenant-b-1" is not registered on this connection
+	// provider "default": session "tenant-b-1" is not registered on this connection
 }
 
 // A Credential shares one cache among many sessions: here 100 sessions

@@ -195,7 +195,7 @@ func (a *providerActor) Receive(ctx actor.Context) {
 	case fetchExpired:
 		if m.id == a.flight {
 			a.onFetchDone(ctx, &fetchDone{id: m.id, err: newError(ErrTimeout, nil,
-				"provider %q: credential did not answer within %s", a.p.name, a.p.b.policy.RefreshTimeout)}, now)
+				"credential did not answer within %s", a.p.b.policy.RefreshTimeout)}, now)
 		}
 	case invalidate:
 		a.refetch = a.flight != 0
@@ -215,7 +215,7 @@ func (a *providerActor) Receive(ctx actor.Context) {
 			a.flightTimer()
 		}
 		a.p.snap.Store(nil)
-		a.failWaiters(closedError(fmt.Sprintf("provider %q", a.p.name)))
+		a.failWaiters(closedError("provider"))
 	case *actor.Stopped:
 		a.p.b.providersLive.Add(-1)
 		a.p.b.live.Done()
@@ -227,7 +227,7 @@ func (a *providerActor) Receive(ctx actor.Context) {
 func (a *providerActor) recoverPanic(ctx actor.Context) {
 	if v := recover(); v != nil {
 		a.p.b.log.Error("tokenbroker: provider actor panicked", "provider", a.p.name, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-		err := newError(ErrCredential, nil, "provider %q: internal error", a.p.name)
+		err := newError(ErrCredential, nil, "internal error")
 		if m, ok := ctx.Message().(*acquire); ok {
 			m.reply <- reply{err: err}
 		}
@@ -377,14 +377,14 @@ func (b *Broker) runSource(p *provider, trigger, halt context.Context, reason Re
 	tok, err = callSafely(ctx, p.src, p.request(session))
 	if err == nil {
 		if verr := tok.Validate(); verr != nil {
-			err = newError(ErrInvalidToken, verr, "provider %q: credential returned an invalid token: %s", p.name, trimPrefix(verr.Error()))
+			err = newError(ErrInvalidToken, verr, "credential returned an invalid token: %s", trimPrefix(verr.Error()))
 			tok = tokens.Token{}
 		}
 		// An already-expired token is still handed to its waiters, as the
 		// published design's scenario requires: it is never cached (it is
 		// not servable), so every request fetches a fresh one.
 	} else {
-		err = credentialError(p.name, err, ctx)
+		err = credentialError(err, ctx)
 	}
 	outcome := tracing.RefreshOK
 	if err != nil {
@@ -423,16 +423,16 @@ func panicSummary(v any) string {
 	return fmt.Sprintf("%T value", v)
 }
 
-func credentialError(provider string, err error, ctx context.Context) error {
+func credentialError(err error, ctx context.Context) error {
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return newError(ErrTimeout, err, "provider %q: credential did not answer within its deadline: %s", provider, redact(err.Error()))
+		return newError(ErrTimeout, err, "credential did not answer within its deadline: %s", redact(err.Error()))
 	case ctx.Err() != nil:
 		// Its provider stopped (session or credential closed) or the broker
 		// is closing: nobody is waiting for this answer any more.
-		return newError(ErrClosed, err, "provider %q: credential call cancelled: provider closed", provider)
+		return newError(ErrClosed, err, "credential call cancelled: provider closed")
 	}
-	return newError(ErrCredential, err, "provider %q: credential failed: %s", provider, redact(err.Error()))
+	return newError(ErrCredential, err, "credential failed: %s", redact(err.Error()))
 }
 
 func (a *providerActor) onFetchDone(ctx actor.Context, m *fetchDone, now time.Time) {

@@ -129,7 +129,7 @@ func (r *Router) lookup(req tokens.Request) (*session, *route, error) {
 	s := r.sessions[req.SessionID]
 	r.mu.RUnlock()
 	if s == nil {
-		return nil, nil, unknownSession(req.SessionID)
+		return nil, nil, &contextError{prefix: fmt.Sprintf("provider %q: ", req.ProviderName), err: unknownSession(req.SessionID)}
 	}
 	rt := s.route(req.ProviderName)
 	if rt == nil {
@@ -153,11 +153,17 @@ func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error)
 	if tok, ok := rt.p.cached(ctx, r.b.clock.Now()); ok {
 		return Grant{Token: tok, Outcome: OutcomeHit}, nil
 	}
+	prefix := fmt.Sprintf("session %q: provider %q: ", s.id, rt.name)
 	var credDone <-chan struct{}
 	if c := rt.p.shared; c != nil {
 		credDone = c.done
+		prefix += fmt.Sprintf("shared credential %q: ", c.Name())
 	}
-	return r.b.acquire(ctx, rt.p, s.pid, &acquire{session: s.id, provider: rt.name}, s.done, credDone)
+	g, err := r.b.acquire(ctx, s.pid, &acquire{session: s.id, provider: rt.name}, s.done, credDone)
+	if err != nil {
+		return g, &contextError{prefix: prefix, err: err}
+	}
+	return g, nil
 }
 
 // Invalidate drops the cached token of a session's provider (of the shared
@@ -174,7 +180,7 @@ func (r *Router) Invalidate(sessionID, providerName string) error {
 
 // acquire sends m to pid and waits for the answer, the deadline, or the
 // end of the session or credential (a nil channel never fires).
-func (b *Broker) acquire(ctx context.Context, p *provider, pid *actor.PID, m *acquire, sessionDone, credDone <-chan struct{}) (Grant, error) {
+func (b *Broker) acquire(ctx context.Context, pid *actor.PID, m *acquire, sessionDone, credDone <-chan struct{}) (Grant, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
@@ -186,12 +192,12 @@ func (b *Broker) acquire(ctx context.Context, p *provider, pid *actor.PID, m *ac
 		return rep.grant, rep.err
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return Grant{}, timedOut(p.name, time.Since(start))
+			return Grant{}, timedOut(time.Since(start))
 		}
-		return Grant{}, fmt.Errorf("provider %q: %w", p.name, ctx.Err())
+		return Grant{}, ctx.Err()
 	case <-sessionDone:
-		return Grant{}, closedError(fmt.Sprintf("provider %q: session %q", p.name, m.session))
+		return Grant{}, closedError("session")
 	case <-credDone:
-		return Grant{}, closedError(fmt.Sprintf("provider %q: shared credential", p.name))
+		return Grant{}, closedError("shared credential")
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
@@ -213,7 +212,6 @@ func (h *tokenHandler) serve(ctx context.Context, conn *jsonrpc2.Conn, req *json
 		grant, err = h.router.Acquire(ctx, treq)
 		if err != nil {
 			rpcErr = toRPCError(err)
-			rpcErr.Message = naming(treq, rpcErr.Message)
 		}
 	}
 
@@ -286,24 +284,6 @@ func toRPCError(err error) *jsonrpc2.Error {
 		code = CodeClosed
 	}
 	return &jsonrpc2.Error{Code: code, Message: err.Error()}
-}
-
-// naming makes a refusal say which session and provider it concerns: the
-// runtime shows the message to the user, and a credential's own errors
-// name neither the session nor, for a shared credential, the provider the
-// runtime asked for.
-func naming(req tokens.Request, msg string) string {
-	var missing []string
-	if !strings.Contains(msg, strconv.Quote(req.SessionID)) {
-		missing = append(missing, "session "+strconv.Quote(req.SessionID))
-	}
-	if !strings.Contains(msg, strconv.Quote(req.ProviderName)) {
-		missing = append(missing, "provider "+strconv.Quote(req.ProviderName))
-	}
-	if len(missing) == 0 {
-		return msg
-	}
-	return strings.Join(missing, ", ") + ": " + msg
 }
 
 // extractTrace continues a W3C trace context carried in the params' _meta
