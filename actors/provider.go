@@ -131,8 +131,8 @@ type (
 		grant Grant
 		err   error
 	}
-	refreshDue struct{ link trace.SpanContext } // the refresh point passed (timer, or the request in link)
-	retryDue   struct{ gen uint64 }             // back-off ended
+	refreshDue struct{ link trace.SpanContext } // the hot path saw the refresh point pass (the request in link)
+	timerDue   struct{ gen uint64 }             // the actor's timer: refresh point or end of back-off
 	invalidate struct{}                         // drop the cached token
 	released   struct{}                         // the last session using a shared credential closed
 	fetchDone  struct {                         // a credential call ended
@@ -186,8 +186,8 @@ func (a *providerActor) Receive(ctx actor.Context) {
 		a.onAcquire(ctx, m, now)
 	case refreshDue:
 		a.onRefreshDue(ctx, m.link, now)
-	case retryDue:
-		if m.gen == a.timerGen {
+	case timerDue:
+		if m.gen == a.timerGen { // not a timer cancelled as it fired
 			a.onRefreshDue(ctx, trace.SpanContext{}, now)
 		}
 	case *fetchDone:
@@ -384,7 +384,7 @@ func (b *Broker) runSource(p *provider, trigger, halt context.Context, reason Re
 		// published design's scenario requires: it is never cached (it is
 		// not servable), so every request fetches a fresh one.
 	} else {
-		err = credentialError(err, ctx)
+		err = credentialError(ctx, err)
 	}
 	outcome := tracing.RefreshOK
 	if err != nil {
@@ -423,7 +423,7 @@ func panicSummary(v any) string {
 	return fmt.Sprintf("%T value", v)
 }
 
-func credentialError(err error, ctx context.Context) error {
+func credentialError(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return newError(ErrTimeout, err, "credential did not answer within its deadline: %s", redact(err.Error()))
@@ -452,7 +452,7 @@ func (a *providerActor) onFetchDone(ctx actor.Context, m *fetchDone, now time.Ti
 		a.failWaiters(m.err)
 		// With a still-valid token, keep serving it and retry in the background.
 		if a.have && a.p.b.policy.Servable(a.tok, now) {
-			a.schedule(ctx, a.retryAt.Sub(now), true)
+			a.schedule(ctx, a.retryAt.Sub(now))
 		}
 		return
 	}
@@ -486,7 +486,7 @@ func (a *providerActor) onFetchDone(ctx actor.Context, m *fetchDone, now time.Ti
 		w <- reply{grant: Grant{Token: m.tok, Outcome: outcome}}
 	}
 	a.waiters = a.waiters[:0]
-	a.schedule(ctx, refreshAt.Sub(now), false)
+	a.schedule(ctx, refreshAt.Sub(now))
 }
 
 // serveBare hands a single-use token to the first waiter and fetches one
@@ -512,14 +512,9 @@ func (a *providerActor) failWaiters(err error) {
 
 // schedule arms the one timer this actor keeps. Timers send messages to
 // self rather than use SetReceiveTimeout, which races upstream.
-func (a *providerActor) schedule(ctx actor.Context, d time.Duration, retry bool) {
+func (a *providerActor) schedule(ctx actor.Context, d time.Duration) {
 	a.cancelTimer()
-	a.timerGen++
-	gen, self, root := a.timerGen, ctx.Self(), a.p.b.root
-	var msg any = refreshDue{}
-	if retry {
-		msg = retryDue{gen: gen}
-	}
+	msg, self, root := timerDue{gen: a.timerGen}, ctx.Self(), a.p.b.root
 	a.stopTimer = a.p.b.clock.AfterFunc(max(d, 0), func() { root.Send(self, msg) })
 }
 

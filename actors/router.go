@@ -153,14 +153,17 @@ func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error)
 	if tok, ok := rt.p.cached(ctx, r.b.clock.Now()); ok {
 		return Grant{Token: tok, Outcome: OutcomeHit}, nil
 	}
-	prefix := fmt.Sprintf("session %q: provider %q: ", s.id, rt.name)
 	var credDone <-chan struct{}
 	if c := rt.p.shared; c != nil {
 		credDone = c.done
-		prefix += fmt.Sprintf("shared credential %q: ", c.Name())
 	}
 	g, err := r.b.acquire(ctx, s.pid, &acquire{session: s.id, provider: rt.name}, s.done, credDone)
 	if err != nil {
+		// The provider actor knows its credential, not who asked for it.
+		prefix := fmt.Sprintf("session %q: provider %q: ", s.id, rt.name)
+		if c := rt.p.shared; c != nil {
+			prefix += fmt.Sprintf("shared credential %q: ", c.Name())
+		}
 		return g, &contextError{prefix: prefix, err: err}
 	}
 	return g, nil

@@ -1,7 +1,6 @@
 package actors
 
 import (
-	"fmt"
 	"sync"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -23,11 +22,19 @@ type route struct {
 	p     *provider
 }
 
-func (s *session) route(name string) *route {
+// index is the position of the route called name, -1 if none.
+func (s *session) index(name string) int {
 	for i := range s.routes {
 		if s.routes[i].name == name {
-			return &s.routes[i]
+			return i
 		}
+	}
+	return -1
+}
+
+func (s *session) route(name string) *route {
+	if i := s.index(name); i >= 0 {
+		return &s.routes[i]
 	}
 	return nil
 }
@@ -63,8 +70,9 @@ func (a *sessionActor) Receive(ctx actor.Context) {
 		}
 		m.reply <- reply{err: unknownProvider(a.s.id, m.provider)}
 	case invalidateProvider:
-		if pid := a.child(m.name); pid != nil {
-			ctx.Send(pid, invalidate{})
+		// A per-session provider not started yet has nothing to drop.
+		if i := a.s.index(m.name); i >= 0 && a.children[i] != nil {
+			ctx.Send(a.children[i], invalidate{})
 		}
 	case *actor.Started:
 		a.children = make([]*actor.PID, len(a.s.routes))
@@ -92,26 +100,13 @@ func (a *sessionActor) Receive(ctx actor.Context) {
 // at Open measured 14 k open+close/s and 4.2 KB per idle session; lazily,
 // an unused session costs what one with shared credentials does.
 func (a *sessionActor) provider(ctx actor.Context, name string) *actor.PID {
-	for i := range a.s.routes {
-		if a.s.routes[i].name != name {
-			continue
-		}
-		if a.children[i] == nil {
-			a.b.live.Add(1)
-			a.children[i] = ctx.Spawn(newProviderProps(a.s.routes[i].p))
-		}
-		return a.children[i]
+	i := a.s.index(name)
+	if i < 0 {
+		return nil
 	}
-	return nil
-}
-
-func (a *sessionActor) child(name string) *actor.PID {
-	for i := range a.s.routes {
-		if a.s.routes[i].name == name {
-			return a.children[i]
-		}
+	if a.children[i] == nil {
+		a.b.live.Add(1)
+		a.children[i] = ctx.Spawn(newProviderProps(a.s.routes[i].p))
 	}
-	return nil
+	return a.children[i]
 }
-
-func (s *session) String() string { return fmt.Sprintf("session %q", s.id) }
