@@ -160,7 +160,7 @@ func newClient(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteClose
 	// transport.NewConn answers token requests, runs every request in its
 	// own goroutine and hands notifications to dispatch in arrival order, so
 	// an answer and the idle event after it are never swapped.
-	c.tc = transport.NewConn(ctx, broker, rwc, handlerFunc(c.dispatch), opts.Conn)
+	c.tc = transport.NewConn(ctx, broker, rwc, transport.HandlerFunc(c.dispatch), opts.Conn)
 	c.conn, c.router = c.tc.Conn, c.tc.Router
 	go c.watch()
 	return c
@@ -398,10 +398,4 @@ func childEnv(env []string) []string {
 		out = append(out, kv)
 	}
 	return out
-}
-
-type handlerFunc func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request)
-
-func (f handlerFunc) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
-	f(ctx, conn, req)
 }

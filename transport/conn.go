@@ -58,7 +58,7 @@ func NewConn(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser,
 	c.tokens = TokenHandler(c.Router, next, opts.Options)
 	stream := NewStream(rwc, Codec{MaxFrameSize: opts.MaxFrameSize, Logger: opts.Logger})
 	// The connection outlives the ctx of the call that made it.
-	c.Conn = jsonrpc2.NewConn(context.WithoutCancel(ctx), stream, handlerFunc(c.handle), jsonrpc2.SetLogger(slogAdapter{opts.Logger}))
+	c.Conn = jsonrpc2.NewConn(context.WithoutCancel(ctx), stream, HandlerFunc(c.handle), jsonrpc2.SetLogger(slogAdapter{opts.Logger}))
 	go func() {
 		defer close(c.watched)
 		<-c.Conn.DisconnectNotify()
@@ -105,9 +105,12 @@ func (c *Conn) Close() error {
 // Done is closed when the connection has ended and its sessions are closed.
 func (c *Conn) Done() <-chan struct{} { return c.watched }
 
-type handlerFunc func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request)
+// HandlerFunc adapts a function to jsonrpc2.Handler, as http.HandlerFunc
+// does for net/http.
+type HandlerFunc func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request)
 
-func (f handlerFunc) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
 	f(ctx, conn, req)
 }
 

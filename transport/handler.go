@@ -218,15 +218,12 @@ func (h *tokenHandler) serve(ctx context.Context, conn *jsonrpc2.Conn, req *json
 	sets := &h.sets[dialectIndex(req.Method)]
 	if rpcErr != nil {
 		grant.Outcome = actors.OutcomeError
-	}
-	outcome := grant.Outcome.String()
-	if rpcErr != nil {
 		span.SetStatus(codes.Error, rpcErr.Message)
-		span.SetAttributes(tracing.RPCErrorCode.Int64(rpcErr.Code), tracing.Outcome.String(outcome))
+		span.SetAttributes(tracing.RPCErrorCode.Int64(rpcErr.Code), tracing.Outcome.String(grant.Outcome.String()))
 		h.log.Info("tokenbroker: token request refused", "method", req.Method, "session", treq.SessionID, "provider", treq.ProviderName, "error", rpcErr.Message)
 		h.replyError(ctx, conn, req, rpcErr)
 	} else {
-		span.SetAttributes(tracing.Outcome.String(outcome))
+		span.SetAttributes(tracing.Outcome.String(grant.Outcome.String()))
 		if !grant.Token.Bare() {
 			left := time.Until(grant.Token.ExpiresOn).Seconds()
 			span.SetAttributes(tracing.RemainingSeconds.Float64(left))
