@@ -43,8 +43,10 @@ func DefaultPolicy() Policy {
 	}
 }
 
-// withDefaults fills zero fields so a partly set Policy behaves.
-func (p Policy) withDefaults() Policy {
+// Normalize returns p with every unset (zero) field at its default. The
+// zero Policy is therefore the default policy without jitter; set the
+// jitter fields explicitly (DefaultPolicy does) to spread refreshes.
+func (p Policy) Normalize() Policy {
 	d := DefaultPolicy()
 	if p.Floor <= 0 {
 		p.Floor = d.Floor
@@ -72,11 +74,6 @@ func (p Policy) withDefaults() Policy {
 	}
 	return p
 }
-
-// Normalize returns p with every unset (zero) field at its default. The
-// zero Policy is therefore the default policy without jitter; set the
-// jitter fields explicitly (DefaultPolicy does) to spread refreshes.
-func (p Policy) Normalize() Policy { return p.withDefaults() }
 
 // Lead is how long before expiry a token obtained at obtained should be
 // refreshed, before jitter. The issuer's RefreshOn hint wins when it lies
