@@ -58,8 +58,9 @@ func TestSessionCloseCancelsCredentialCall(t *testing.T) {
 	b := NewBroker(Options{})
 	defer b.Close()
 	r := b.NewRouter()
-	ended := make(chan error, 1)
+	started, ended := make(chan struct{}), make(chan error, 1)
 	src := tokens.Func(func(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
+		close(started)
 		<-ctx.Done()
 		ended <- ctx.Err()
 		return tokens.Token{}, ctx.Err()
@@ -72,7 +73,13 @@ func TestSessionCloseCancelsCredentialCall(t *testing.T) {
 		_, err := r.Acquire(context.Background(), tokens.Request{SessionID: "s", ProviderName: "p"})
 		errc <- err
 	}()
-	time.Sleep(20 * time.Millisecond) // let the call start; the test holds either way
+	// Closing before the call starts would fail the request without ever
+	// calling the source: wait for the call.
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the credential was not called")
+	}
 	if err := r.CloseSession("s"); err != nil {
 		t.Fatal(err)
 	}

@@ -259,19 +259,8 @@ func TestClientEventOrder(t *testing.T) {
 
 // An unread Events channel keeps the newest events and counts the rest.
 func TestClientEventsBounded(t *testing.T) {
-	b := actors.NewBroker(actors.Options{})
-	defer b.Close()
-	s := &script{t: t}
-	clientEnd, runtimeEnd := transport.Pipe()
-	s.jc = jsonrpc2.NewConn(context.Background(), jsonrpc2.NewBufferedStream(runtimeEnd, jsonrpc2.VSCodeObjectCodec{}),
-		jsonrpc2.AsyncHandler(jsonrpc2.HandlerWithError(s.handle)))
-	defer s.jc.Close()
+	s, c, _ := newScript(t, sessions.ClientOptions{EventBuffer: 4})
 	ctx := ctxT(t)
-	c, err := sessions.Connect(ctx, b, clientEnd, sessions.ClientOptions{EventBuffer: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	const n = 100
 	s.send = func(ctx context.Context, jc *jsonrpc2.Conn, session, msgID string) {
 		for i := range n {
@@ -406,9 +395,10 @@ func TestClientConnectionEnds(t *testing.T) {
 		t.Run(who, func(t *testing.T) {
 			s, c, _ := newScript(t)
 			ctx := ctxT(t)
-			started := make(chan struct{})
+			sending := make(chan struct{})
 			s.send = func(ctx context.Context, jc *jsonrpc2.Conn, session, msgID string) {
 				event(ctx, jc, session, "user.message", map[string]any{"messageId": msgID})
+				close(sending)
 			}
 			sess, err := c.CreateSession(ctx, sessions.SessionConfig{SessionID: "end-1"})
 			if err != nil {
@@ -416,14 +406,14 @@ func TestClientConnectionEnds(t *testing.T) {
 			}
 			errc := make(chan error, 1)
 			go func() {
-				close(started)
 				_, err := sess.SendAndWait(ctx, "x")
 				errc <- err
 			}()
-			<-started
-			// Let the send be answered so the turn is waiting for idle.
-			for !slices.Contains(s.seen(), "session.send") {
-				time.Sleep(time.Millisecond)
+			// The runtime is handling the send: the turn has started.
+			select {
+			case <-sending:
+			case <-ctx.Done():
+				t.Fatal("session.send never reached the runtime")
 			}
 			if who == "runtime" {
 				s.jc.Close()

@@ -15,13 +15,31 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// waitFor bounds the waits for run: generous, since only a failing test
+// waits this long.
+const waitFor = 10 * time.Second
+
+// waitRun waits for run's result on done after what, and fails the test if
+// run failed or did not return.
+func waitRun(t *testing.T, done <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatalf("run did not return after %s", what)
+	}
+}
+
 // connectCall makes a connect call over rwc and checks the version.
 func connectCall(t *testing.T, rwc io.ReadWriteCloser, wantVersion string) {
 	t.Helper()
 	jc := jsonrpc2.NewConn(context.Background(), jsonrpc2.NewBufferedStream(rwc, jsonrpc2.VSCodeObjectCodec{}),
 		jsonrpc2.HandlerWithError(func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) { return nil, nil }))
 	defer jc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	var res struct{ Version string }
 	if err := jc.Call(ctx, "connect", map[string]any{}, &res); err != nil {
@@ -43,14 +61,7 @@ func TestStdioExitsWhenStdinCloses(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- run(context.Background(), []string{"-dialect", "getToken"}, inR, outW, io.Discard) }()
 	connectCall(t, pipes{outR, inW}, "sim-getToken") // closes stdin at the end
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("run did not return after stdin closed")
-	}
+	waitRun(t, done, "stdin closed")
 }
 
 func TestListen(t *testing.T) {
@@ -72,14 +83,7 @@ func TestListen(t *testing.T) {
 		connectCall(t, c, "sim-acquire")
 	}
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("run did not return after cancel")
-	}
+	waitRun(t, done, "cancel")
 	outW.Close()
 }
 

@@ -10,8 +10,6 @@ import (
 	"log"
 	"math/rand/v2"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/copilotcli"
 	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
 	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
 	"github.com/tokenbroker/tokenbroker/sessions"
@@ -75,13 +74,12 @@ func (f *fakeCredential) Token(ctx context.Context, _ tokens.Request) (tokens.To
 // provider name, or a fresh source per session.
 type credentials struct {
 	cfg    *config
-	broker *actors.Broker
 	counts []*credCount // by provider index
 	shared []*actors.Credential
 }
 
 func newCredentials(cfg *config, broker *actors.Broker) (*credentials, error) {
-	c := &credentials{cfg: cfg, broker: broker}
+	c := &credentials{cfg: cfg}
 	for j := range cfg.Providers {
 		count := &credCount{}
 		c.counts = append(c.counts, count)
@@ -254,14 +252,10 @@ func newTurnDriver(ctx context.Context, cfg *config, broker *actors.Broker, cred
 	case "copilot":
 		copts.CLIPath = cfg.CLIPath
 		if copts.CLIPath == "" {
-			copts.CLIPath = os.Getenv("COPILOT_CLI_PATH")
-		}
-		if copts.CLIPath == "" {
-			copts.CLIPath = filepath.Join(".cache", "copilot-1.0.102", "node_modules", "@github", "copilot-linux-x64", "copilot")
-		}
-		if _, serr := os.Stat(copts.CLIPath); serr != nil {
-			err = fmt.Errorf("Copilot CLI not found at %s: run `make cli`, set COPILOT_CLI_PATH or pass -cli", copts.CLIPath)
-			break
+			if copts.CLIPath, err = copilotcli.Find(); err != nil {
+				err = fmt.Errorf("no Copilot CLI (%w): run `make cli`, set COPILOT_CLI_PATH or pass -cli", err)
+				break
+			}
 		}
 		d.client, err = sessions.Start(ctx, broker, copts)
 		if err == nil {

@@ -126,7 +126,7 @@ func printSummary(w io.Writer, r *result) {
 	}
 	fmt.Fprintf(tw, "outcomes\t%s\n", strings.Join(outcomes, "  "))
 	var refreshes []string
-	for _, k := range sortedKeys(r.Refreshes) {
+	for _, k := range slices.Sorted(maps.Keys(r.Refreshes)) {
 		refreshes = append(refreshes, fmt.Sprintf("%s %d", k, r.Refreshes[k]))
 	}
 	if len(refreshes) == 0 {

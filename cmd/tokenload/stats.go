@@ -4,7 +4,6 @@ import (
 	"context"
 	"math"
 	"math/bits"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -249,12 +248,11 @@ func (c *collector) prevT() float64 {
 
 // progress is what the live line shows.
 type progress struct {
-	elapsed   time.Duration
-	requests  uint64
-	rate      float64
-	p50, p99  time.Duration
-	errors    uint64
-	clientOps uint64
+	elapsed  time.Duration
+	requests uint64
+	rate     float64
+	p50, p99 time.Duration
+	errors   uint64
 }
 
 func (c *collector) progress(now time.Time) progress {
@@ -263,18 +261,9 @@ func (c *collector) progress(now time.Time) progress {
 	all := c.total
 	all.merge(&c.cur)
 	p := progress{elapsed: now.Sub(c.start), requests: all.n, p50: all.quantile(0.5), p99: all.quantile(0.99),
-		errors: c.outcomes[tracing.OutcomeError] + c.clientErrors, clientOps: c.totalClient.n + c.curClient.n}
+		errors: c.outcomes[tracing.OutcomeError] + c.clientErrors}
 	if n := len(c.series); n > 0 {
 		p.rate = c.series[n-1].Rate
 	}
 	return p
-}
-
-func sortedKeys(m map[string]uint64) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -38,7 +38,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -49,6 +48,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/copilotcli"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
 	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
@@ -196,12 +196,9 @@ func run(ctx context.Context, out io.Writer, cfg config) error {
 
 	p.printf("\nsummary (%s)\n", elapsed.Round(time.Millisecond))
 	if sim != nil {
-		st := sim.Stats()
-		p.printf("  token requests from the runtime   %d\n", st.TokenRequests)
-		p.printf("  credential calls (azidentity)     %d\n", credCalls.Load())
-	} else {
-		p.printf("  credential calls (azidentity)     %d\n", credCalls.Load())
+		p.printf("  token requests from the runtime   %d\n", sim.Stats().TokenRequests)
 	}
+	p.printf("  credential calls (azidentity)     %d\n", credCalls.Load())
 	if fake != nil {
 		issued := fake.identity.Issued()
 		p.printf("  requests to the identity endpoint %d\n", issued)
@@ -283,12 +280,9 @@ func connect(ctx context.Context, broker *actors.Broker, cfg config, real bool) 
 		}
 		return sim, c, label, err
 	case "copilot":
-		path := os.Getenv("COPILOT_CLI_PATH")
-		if path == "" {
-			path = filepath.Join(".cache", "copilot-1.0.102", "node_modules", "@github", "copilot-linux-x64", "copilot")
-		}
-		if _, err := os.Stat(path); err != nil {
-			return nil, nil, "", fmt.Errorf("Copilot CLI not found at %s: run `make cli` or set COPILOT_CLI_PATH", path)
+		path, err := copilotcli.Find()
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("no Copilot CLI (%w): run `make cli` or set COPILOT_CLI_PATH", err)
 		}
 		c, err := sessions.Start(ctx, broker, sessions.ClientOptions{CLIPath: path})
 		if err != nil {

@@ -20,7 +20,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -31,6 +30,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/copilotcli"
 	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
 	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
 	"github.com/tokenbroker/tokenbroker/sessions"
@@ -186,12 +186,9 @@ func connect(ctx context.Context, broker *actors.Broker, runtimeName, dialectNam
 		c, err := sessions.Connect(ctx, broker, clientEnd, opts)
 		return c, fmt.Sprintf("embedded simulator (%s dialect)", d), err
 	case "copilot":
-		path := os.Getenv("COPILOT_CLI_PATH")
-		if path == "" {
-			path = filepath.Join(".cache", "copilot-1.0.102", "node_modules", "@github", "copilot-linux-x64", "copilot")
-		}
-		if _, err := os.Stat(path); err != nil {
-			return nil, "", fmt.Errorf("Copilot CLI not found at %s: run `make cli` or set COPILOT_CLI_PATH", path)
+		path, err := copilotcli.Find()
+		if err != nil {
+			return nil, "", fmt.Errorf("no Copilot CLI (%w): run `make cli` or set COPILOT_CLI_PATH", err)
 		}
 		opts.CLIPath = path
 		c, err := sessions.Start(ctx, broker, opts)

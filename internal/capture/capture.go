@@ -6,10 +6,11 @@ package capture
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 
@@ -18,6 +19,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/tokenbroker/tokenbroker/tracing/leakscan"
 )
 
 // Capture bundles a Debug-level logger, a span recorder and a manual metric
@@ -145,14 +148,7 @@ func (c *Capture) Int64Sum(ctx context.Context, name string, attrs ...string) (i
 func hasAll(encoded string, attrs []string) bool {
 	parts := strings.Split(encoded, ",")
 	for _, want := range attrs {
-		found := false
-		for _, p := range parts {
-			if p == want {
-				found = true
-				break
-			}
-		}
-		if !found {
+		if !slices.Contains(parts, want) {
 			return false
 		}
 	}
@@ -186,26 +182,18 @@ func (c *Capture) Find(ctx context.Context, secrets map[string]string) ([]Findin
 	return Scan(places, secrets), nil
 }
 
-// Scan looks for every secret in every place.
+// Scan looks for every secret in every place, verbatim and JSON-escaped
+// (leakscan.Text's rule).
 func Scan(places map[string]string, secrets map[string]string) []Finding {
+	labels := slices.Sorted(maps.Keys(secrets))
+	values := make([]string, len(labels))
+	for i, l := range labels {
+		values[i] = secrets[l]
+	}
 	var out []Finding
-	for label, v := range secrets {
-		if v == "" {
-			continue
-		}
-		forms := []string{v}
-		if q, err := json.Marshal(v); err == nil {
-			if s := string(q[1 : len(q)-1]); s != v {
-				forms = append(forms, s)
-			}
-		}
-		for where, text := range places {
-			for _, f := range forms {
-				if strings.Contains(text, f) {
-					out = append(out, Finding{Secret: label, Where: where})
-					break
-				}
-			}
+	for where, text := range places {
+		for _, i := range leakscan.Text([]byte(text), values) {
+			out = append(out, Finding{Secret: labels[i], Where: where})
 		}
 	}
 	return out

@@ -4,8 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
+
+	"github.com/tokenbroker/tokenbroker/internal/copilotcli"
 )
 
 // fakeT records how Path ended the test.
@@ -48,13 +49,13 @@ func TestPath(t *testing.T) {
 	}
 
 	t.Setenv(EnvRequire, "")
-	t.Setenv(EnvPath, exe)
+	t.Setenv(copilotcli.EnvPath, exe)
 	if f, got := run(t); got != exe || f.skipped != "" || f.failed != "" {
 		t.Fatalf("COPILOT_CLI_PATH set: got %q, skipped %q, failed %q", got, f.skipped, f.failed)
 	}
 
 	for _, bad := range []string{filepath.Join(dir, "missing"), plain, dir} {
-		t.Setenv(EnvPath, bad)
+		t.Setenv(copilotcli.EnvPath, bad)
 		t.Setenv(EnvRequire, "")
 		if f, _ := run(t); f.skipped == "" || f.failed != "" {
 			t.Errorf("%s: not skipped (failed %q)", bad, f.failed)
@@ -63,35 +64,5 @@ func TestPath(t *testing.T) {
 		if f, _ := run(t); f.failed == "" || f.skipped != "" {
 			t.Errorf("%s with %s=1: not failed (skipped %q)", bad, EnvRequire, f.skipped)
 		}
-	}
-}
-
-func TestFindCache(t *testing.T) {
-	t.Setenv(EnvPath, "")
-	root := t.TempDir()
-	if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte("module x\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sub := filepath.Join(root, "pkg", "deep")
-	if err := os.MkdirAll(sub, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Chdir(sub)
-	if _, err := Find(); err == nil || !strings.Contains(err.Error(), "cache") {
-		t.Fatalf("empty cache: err = %v", err)
-	}
-	exe := CachePath(root)
-	if err := os.MkdirAll(filepath.Dir(exe), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	got, err := Find()
-	if err != nil || got != exe {
-		t.Fatalf("Find = %q, %v; want %q", got, err, exe)
-	}
-	if !strings.Contains(exe, filepath.Join(".cache", "copilot-"+Version, "node_modules", "@github")) {
-		t.Errorf("cache path %s", exe)
 	}
 }

@@ -20,7 +20,6 @@ package fakeidentity
 
 import (
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
@@ -32,6 +31,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
 // AppServiceAPIVersion is the api-version ManagedIdentityCredential sends.
@@ -275,7 +276,7 @@ func (s *Server) issue(w http.ResponseWriter, r *http.Request, req *Request, ext
 	for k, v := range extra {
 		resp[k] = v
 	}
-	req.Fingerprint = fingerprint(tok)
+	req.Fingerprint = tokens.Fingerprint(tok)
 	s.answerJSON(w, req, http.StatusOK, resp)
 }
 
@@ -319,11 +320,4 @@ func randomString(prefix string, n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b) // never fails on supported platforms
 	return prefix + "-" + hex.EncodeToString(b)
-}
-
-// fingerprint is tokens.Fingerprint's rule (first 8 hex digits of the
-// SHA-256), repeated so this package stays free of project imports.
-func fingerprint(v string) string {
-	sum := sha256.Sum256([]byte(v))
-	return hex.EncodeToString(sum[:4])
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -40,14 +42,15 @@ func TestAppService(t *testing.T) {
 		t.Fatalf("no api-version: %d", code)
 	}
 	code, body := get(t, c, s.Endpoint()+q, s.Header())
-	if code != 200 || body["token_type"] != "Bearer" || body["expires_in"] != float64(3600) || !strings.HasPrefix(body["access_token"].(string), "fakeid-") {
+	tok, _ := body["access_token"].(string)
+	if code != 200 || body["token_type"] != "Bearer" || body["expires_in"] != float64(3600) || !strings.HasPrefix(tok, "fakeid-") {
 		t.Fatalf("token answer %d %v", code, body["token_type"])
 	}
 	if s.Issued() != 1 {
 		t.Fatalf("issued %d", s.Issued())
 	}
 	reqs := s.Requests()
-	if len(reqs) != 3 || reqs[2].Resource != "https://cognitiveservices.azure.com" || reqs[2].ClientID != "c1" || reqs[2].Fingerprint == "" {
+	if len(reqs) != 3 || reqs[2].Resource != "https://cognitiveservices.azure.com" || reqs[2].ClientID != "c1" || reqs[2].Fingerprint != tokens.Fingerprint(tok) {
 		t.Fatalf("log %+v", reqs)
 	}
 	s.Fail(500, `{"statusCode":500,"message":"down"}`)

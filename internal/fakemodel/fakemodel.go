@@ -8,8 +8,6 @@
 package fakemodel
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -18,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
 // DefaultReply is the assistant text returned when Options.Reply is nil.
@@ -84,9 +84,9 @@ func (r Request) authSummary() string {
 	case !r.HasAuthorization:
 		return "none"
 	case r.BearerToken() != "":
-		return "Bearer " + fingerprint(r.BearerToken())
+		return "Bearer " + tokens.Fingerprint(r.BearerToken())
 	default:
-		return "other " + fingerprint(r.Authorization)
+		return "other " + tokens.Fingerprint(r.Authorization)
 	}
 }
 
@@ -131,19 +131,20 @@ func Start(opts Options) (*Server, error) {
 	if prefix == "" {
 		prefix = DefaultPathPrefix
 	}
-	prefix = "/" + strings.Trim(prefix, "/")
+	// "/openai/v1/" -> "/openai/v1"; "/" -> "" (the root).
+	prefix = strings.TrimSuffix("/"+strings.Trim(prefix, "/"), "/")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("fakemodel: listen: %w", err)
 	}
 	s := &Server{
 		opts:   opts,
-		base:   "http://" + ln.Addr().String() + strings.TrimSuffix(prefix, "/"),
+		base:   "http://" + ln.Addr().String() + prefix,
 		served: make(chan struct{}),
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc(strings.TrimSuffix(prefix, "/")+"/chat/completions", s.chat)
-	mux.HandleFunc(strings.TrimSuffix(prefix, "/")+"/responses", s.responses)
+	mux.HandleFunc(prefix+"/chat/completions", s.chat)
+	mux.HandleFunc(prefix+"/responses", s.responses)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.record(r, Request{}, http.StatusNotFound)
 		writeError(w, http.StatusNotFound, "not_found", "fakemodel: no such endpoint")
@@ -486,10 +487,3 @@ func pieces(text string) []string {
 }
 
 func wordCount(s string) int { return len(strings.Fields(s)) }
-
-// fingerprint identifies a secret in output without revealing it: the first
-// 8 hex characters of its SHA-256 (the same rule as tokens.Fingerprint).
-func fingerprint(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:4])
-}

@@ -6,7 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -298,12 +299,7 @@ func checkGetToken(raw json.RawMessage) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	keys := make([]string, 0, len(obj))
-	for k := range obj {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(obj)) { // sorted: the same field is named every time
 		if k != "token" {
 			return "", fmt.Errorf("unknown field `%s`, expected `token`", k)
 		}

@@ -237,10 +237,7 @@ func (c *conn) abort(req *jsonrpc2.Request) (any, *jsonrpc2.Error) {
 	if !ok {
 		return nil, failed(req.Method, "Session not found for sessionId: %s", id)
 	}
-	s.queue = nil
-	if s.cancel != nil {
-		s.cancel()
-	}
+	s.stop()
 	return map[string]any{"success": true}, nil
 }
 
@@ -257,11 +254,17 @@ func (c *conn) destroy(req *jsonrpc2.Request) (any, *jsonrpc2.Error) {
 	}
 	delete(c.sessions, id)
 	s.gone = true
+	s.stop()
+	return map[string]any{"success": true}, nil
+}
+
+// stop drops s's queued turns and cancels the running one; c.mu must be
+// held.
+func (s *session) stop() {
 	s.queue = nil
 	if s.cancel != nil {
 		s.cancel()
 	}
-	return map[string]any{"success": true}, nil
 }
 
 // notify sends a notification; a closed connection is not an error here
@@ -343,8 +346,8 @@ func (c *conn) switchModel(req *jsonrpc2.Request) (any, *jsonrpc2.Error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s, ok := c.sessions[id]
-	if !ok || s.gone {
+	s, ok := c.sessions[id] // destroy removes a session before marking it gone
+	if !ok {
 		return nil, failed(req.Method, "Session not found for sessionId: %s", id)
 	}
 	if err := s.cfg.switchTo(model); err != nil {

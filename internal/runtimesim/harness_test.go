@@ -21,7 +21,10 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-const waitFor = 2 * time.Second
+// waitFor bounds every wait for the simulator: only a test that is
+// failing anyway waits this long, so it is generous (race detector, busy
+// machine).
+const waitFor = 10 * time.Second
 
 // note is a notification received by the test client.
 type note struct {

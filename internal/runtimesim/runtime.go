@@ -3,7 +3,6 @@ package runtimesim
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
+
+	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
 // ProtocolVersion is the protocol version reported by connect and ping, the
@@ -309,12 +310,11 @@ func newID() string {
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
-// fingerprint identifies a secret without revealing it: the first 8 hex
-// characters of its SHA-256, the same rule as tokens.Fingerprint.
+// fingerprint is tokens.Fingerprint, except that no secret records "" (the
+// records' documented "none").
 func fingerprint(secret string) string {
 	if secret == "" {
 		return ""
 	}
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:4])
+	return tokens.Fingerprint(secret)
 }

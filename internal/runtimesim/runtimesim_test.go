@@ -539,8 +539,13 @@ func TestResume(t *testing.T) {
 	if res.SessionID != "r1" {
 		t.Fatalf("session.resume = %+v", res)
 	}
-	if n := <-c.queue("r1"); n.method != "session.lifecycle" || n.ev.Type != "session.updated" {
-		t.Fatalf("first notification %s", n.raw)
+	select {
+	case n := <-c.queue("r1"):
+		if n.method != "session.lifecycle" || n.ev.Type != "session.updated" {
+			t.Fatalf("first notification %s", n.raw)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("no session.lifecycle notification after session.resume")
 	}
 	if _, sErr := c.send("r1", "p"); sErr != nil {
 		t.Fatalf("session.error %v", sErr)
@@ -628,10 +633,16 @@ func TestSessionsArePerConnection(t *testing.T) {
 		t.Fatalf("session visible on another connection: %v", e)
 	}
 	b.call("session.create", params)
-	done := make(chan struct{})
-	go func() { defer close(done); a.send("same-id", "from a") }()
-	b.send("same-id", "from b")
-	<-done
+	// Both turns run at once: session.send is answered when the turn
+	// starts. (The client helpers call t.Fatal, so they stay on this
+	// goroutine.)
+	a.call("session.send", map[string]any{"sessionId": "same-id", "prompt": "from a"})
+	b.call("session.send", map[string]any{"sessionId": "same-id", "prompt": "from b"})
+	for _, c := range []*client{a, b} {
+		if texts, sErr := c.turnResult("same-id"); len(texts) != 1 || sErr != nil {
+			t.Fatalf("turn: %q %v", texts, sErr)
+		}
+	}
 	got := map[string]string{}
 	for _, r := range model.Requests() {
 		got[r.Prompt] = r.BearerToken()

@@ -189,7 +189,10 @@ func TestManagedIdentityOneRequestPerLifetime(t *testing.T) {
 					calls.Add(1)
 					return az.Token(ctx, req)
 				})
-				shared, _ := b.NewCredential("mi", id.scope, counting)
+				shared, err := b.NewCredential("mi", id.scope, counting)
+				if err != nil {
+					t.Fatal(err)
+				}
 				r := b.NewRouter()
 				const sessions = 20
 				for i := range sessions {
@@ -261,13 +264,16 @@ func TestManagedIdentityHangBoundedByDeadline(t *testing.T) {
 	id := newIdentity()
 	b := actors.NewBroker(actors.Options{RequestTimeout: 100 * time.Millisecond})
 	defer closeBroker(t, b)
-	shared, _ := b.NewCredential("mi", id.scope, azuresource.New(newManagedIdentity(t, fake, id)))
+	shared, err := b.NewCredential("mi", id.scope, azuresource.New(newManagedIdentity(t, fake, id)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	r := b.NewRouter()
 	if err := r.Open("s", []actors.Provider{{Name: "mi", Source: shared}}); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	_, err := r.Acquire(context.Background(), tokens.Request{SessionID: "s", ProviderName: "mi"})
+	_, err = r.Acquire(context.Background(), tokens.Request{SessionID: "s", ProviderName: "mi"})
 	if !errors.Is(err, actors.ErrTimeout) {
 		t.Fatalf("err = %v, want ErrTimeout", err)
 	}

@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -107,30 +109,34 @@ func TestRetrieveErrorSanitized(t *testing.T) {
 }
 
 // oauth2.TokenSource has no context: a hanging one still gives the caller
-// an error at its deadline.
+// an error at its deadline. In a synctest bubble, so that the deadline is
+// exact and synctest.Wait can tell whether a call was started at all.
 func TestHangBoundedByContext(t *testing.T) {
-	release := make(chan struct{})
-	defer close(release) // let the stuck goroutine end before goleak looks
-	ts := tsFunc(func() (*oauth2.Token, error) {
-		<-release
-		return &oauth2.Token{AccessToken: "late"}, nil
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		defer close(release) // let the stuck goroutine end before the bubble does
+		ts := tsFunc(func() (*oauth2.Token, error) {
+			<-release
+			return &oauth2.Token{AccessToken: "late"}, nil
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := token(ctx, ts)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v", err)
+		}
+		if d := time.Since(start); d != 20*time.Millisecond {
+			t.Fatalf("answered after %s, want at the 20ms deadline", d)
+		}
+		// An already-ended context does not even start the call.
+		var called atomic.Bool
+		_, err = token(ctx, tsFunc(func() (*oauth2.Token, error) { called.Store(true); return nil, nil }))
+		synctest.Wait() // a call started in the background has run by now
+		if !errors.Is(err, context.DeadlineExceeded) || called.Load() {
+			t.Fatalf("ended context: err %v, called %v", err, called.Load())
+		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	_, err := token(ctx, ts)
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("err = %v", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("answered after %s", d)
-	}
-	// An already-ended context does not even start the call.
-	called := false
-	_, err = token(ctx, tsFunc(func() (*oauth2.Token, error) { called = true; return nil, nil }))
-	if !errors.Is(err, context.DeadlineExceeded) || called {
-		t.Fatalf("ended context: err %v, called %v", err, called)
-	}
 }
 
 func TestPanicRecovered(t *testing.T) {

@@ -216,8 +216,12 @@ func newResource(service string) (*resource.Resource, error) {
 	return resource.Merge(resource.Default(), resource.NewSchemaless(attribute.String("service.name", service)))
 }
 
-// otlpProtocol reads the OTLP protocol from the standard variables.
-func otlpProtocol(signal string) (string, error) {
+// exporterKind is t's kind, with otlp resolved to otlp-grpc or otlp-http
+// from the standard variables for signal (TRACES or METRICS).
+func exporterKind(t Target, signal string) (string, error) {
+	if t.Kind != OTLP {
+		return t.Kind, nil
+	}
 	proto := os.Getenv("OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL")
 	if proto == "" {
 		proto = os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -232,12 +236,9 @@ func otlpProtocol(signal string) (string, error) {
 }
 
 func spanExporter(ctx context.Context, t Target, w io.Writer) (sdktrace.SpanExporter, error) {
-	kind := t.Kind
-	if kind == OTLP {
-		var err error
-		if kind, err = otlpProtocol("TRACES"); err != nil {
-			return nil, err
-		}
+	kind, err := exporterKind(t, "TRACES")
+	if err != nil {
+		return nil, err
 	}
 	switch kind {
 	case "", None:
@@ -253,12 +254,9 @@ func spanExporter(ctx context.Context, t Target, w io.Writer) (sdktrace.SpanExpo
 }
 
 func metricExporter(ctx context.Context, t Target, w io.Writer) (sdkmetric.Exporter, error) {
-	kind := t.Kind
-	if kind == OTLP {
-		var err error
-		if kind, err = otlpProtocol("METRICS"); err != nil {
-			return nil, err
-		}
+	kind, err := exporterKind(t, "METRICS")
+	if err != nil {
+		return nil, err
 	}
 	switch kind {
 	case "", None:

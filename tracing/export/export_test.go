@@ -303,7 +303,10 @@ func TestOTLPTargets(t *testing.T) {
 			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", tc.protocol)
 			t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "")
 			t.Setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "")
-			tg, _ := export.ParseTarget(tc.target)
+			tg, err := export.ParseTarget(tc.target)
+			if err != nil {
+				t.Fatal(err)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			p, err := export.New(ctx, export.Config{Target: tg, Metrics: true})

@@ -75,7 +75,8 @@ func (p *TreePrinter) WriteTo(w io.Writer) (int64, error) {
 	spans, dropped := slices.Clone(p.spans), p.dropped
 	p.mu.Unlock()
 
-	cw := &countingWriter{w: bufio.NewWriter(w)}
+	bw := bufio.NewWriter(w)
+	cw := &countingWriter{w: bw}
 	byID := map[trace.SpanID]bool{}
 	children := map[trace.SpanID][]sdktrace.ReadOnlySpan{}
 	for _, s := range spans {
@@ -122,7 +123,7 @@ func (p *TreePrinter) WriteTo(w io.Writer) (int64, error) {
 	if dropped > 0 {
 		fmt.Fprintf(cw, "(%d more spans not kept)\n", dropped)
 	}
-	if err := cw.w.(*bufio.Writer).Flush(); err != nil && cw.err == nil {
+	if err := bw.Flush(); err != nil && cw.err == nil {
 		cw.err = err
 	}
 	return cw.n, cw.err

@@ -18,24 +18,27 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
-// Spans returns one finding per span that contains one of secrets, naming
-// the span and the secret's position in the list (never the secret).
+// Spans returns one finding per span that contains one of secrets. A
+// finding names the span by its ids and the secret by its position in the
+// list: never by a name or value, which may be the secret itself.
 func Spans(spans []sdktrace.ReadOnlySpan, secrets []string) []string {
 	var found []string
 	for _, s := range spans {
+		id := fmt.Sprintf("span %s of trace %s", s.SpanContext().SpanID(), s.SpanContext().TraceID())
 		raw, err := encode(tracetest.SpanStubFromReadOnlySpan(s))
 		if err != nil {
-			found = append(found, fmt.Sprintf("span %q: cannot encode: %v", s.Name(), err))
+			found = append(found, fmt.Sprintf("%s: cannot encode: %v", id, err))
 			continue
 		}
 		for _, i := range search(raw, secrets) {
-			found = append(found, fmt.Sprintf("span %q (%s) contains secret #%d", s.Name(), s.SpanContext().SpanID(), i))
+			found = append(found, fmt.Sprintf("%s contains secret #%d", id, i))
 		}
 	}
 	return found
 }
 
-// Metrics returns one finding per metric that contains one of secrets.
+// Metrics returns one finding per metric that contains one of secrets,
+// named by position.
 func Metrics(rm *metricdata.ResourceMetrics, secrets []string) []string {
 	var found []string
 	if raw, err := encode(rm.Resource); err == nil {
@@ -43,15 +46,16 @@ func Metrics(rm *metricdata.ResourceMetrics, secrets []string) []string {
 			found = append(found, fmt.Sprintf("metric resource contains secret #%d", i))
 		}
 	}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
+	for si, sm := range rm.ScopeMetrics {
+		for mi, m := range sm.Metrics {
+			id := fmt.Sprintf("metric %d of scope %d", mi, si) // its name may be the secret
 			raw, err := encode(m)
 			if err != nil {
-				found = append(found, fmt.Sprintf("metric %q: cannot encode: %v", m.Name, err))
+				found = append(found, fmt.Sprintf("%s: cannot encode: %v", id, err))
 				continue
 			}
 			for _, i := range search(raw, secrets) {
-				found = append(found, fmt.Sprintf("metric %q contains secret #%d", m.Name, i))
+				found = append(found, fmt.Sprintf("%s contains secret #%d", id, i))
 			}
 		}
 	}
