@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,7 +30,6 @@ type simHarness struct {
 	t      *testing.T
 	model  *fakemodel.Server
 	sim    *runtimesim.Runtime
-	broker *actors.Broker
 	client *sessions.Client
 }
 
@@ -42,12 +40,7 @@ func newSimHarness(t *testing.T, simOpts runtimesim.Options, brokerOpts actors.O
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { model.Close() })
-	broker := actors.NewBroker(brokerOpts)
-	t.Cleanup(func() {
-		if err := broker.Close(); err != nil {
-			t.Errorf("broker.Close: %v", err)
-		}
-	})
+	broker := newBroker(t, brokerOpts)
 	sim := runtimesim.New(simOpts)
 	clientEnd, runtimeEnd := transport.Pipe()
 	served := make(chan struct{})
@@ -65,7 +58,7 @@ func newSimHarness(t *testing.T, simOpts runtimesim.Options, brokerOpts actors.O
 		_ = client.Close()
 		<-served
 	})
-	return &simHarness{t: t, model: model, sim: sim, broker: broker, client: client}
+	return &simHarness{t: t, model: model, sim: sim, client: client}
 }
 
 func (h *simHarness) create(cfg sessions.SessionConfig) *sessions.Session {
@@ -88,6 +81,16 @@ func (h *simHarness) turn(s *sessions.Session) {
 	}
 }
 
+// createWhole creates a session on model "gpt-4o" whose whole-session
+// provider is the fake endpoint, with tokens from src.
+func (h *simHarness) createWhole(src tokens.Source, scope string) *sessions.Session {
+	h.t.Helper()
+	return h.create(sessions.SessionConfig{
+		Model:    "gpt-4o",
+		Provider: &sessions.ProviderConfig{Type: "openai", BaseURL: h.model.URL(), BearerTokenSource: src, BearerTokenScope: scope},
+	})
+}
+
 // bearers are the tokens the model endpoint received, in order.
 func (h *simHarness) bearers() []string {
 	var out []string
@@ -97,56 +100,15 @@ func (h *simHarness) bearers() []string {
 	return out
 }
 
-// issuer is a credential that issues distinct tokens and records what it
-// was asked.
-type issuer struct {
-	prefix string
-	life   time.Duration // 0: bare tokens; negative: already expired
-	mu     sync.Mutex
-	issued []string
-	asked  []tokens.Request
-}
-
-func (i *issuer) Token(_ context.Context, req tokens.Request) (tokens.Token, error) {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	v := fmt.Sprintf("%s-%d-%d", i.prefix, len(i.issued), time.Now().UnixNano())
-	i.issued = append(i.issued, v)
-	i.asked = append(i.asked, req)
-	if i.life == 0 {
-		return tokens.Token{Value: v}, nil
-	}
-	return tokens.Token{Value: v, ExpiresOn: time.Now().Add(i.life)}, nil
-}
-
-func (i *issuer) calls() int {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	return len(i.issued)
-}
-
-func (i *issuer) has(v string) bool {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	for _, x := range i.issued {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
 // Scenario (a): the callback's token reaches the endpoint as a bearer, the
 // whole-session provider is asked for as "default" with an empty scope, and
 // with a far-future expiry a turn needs exactly one acquisition (later turns
 // none: the runtime caches per expiresOnTimestamp).
 func TestAcquireTokenReachesModelEndpoint(t *testing.T) {
 	h := newSimHarness(t, runtimesim.Options{Dialect: runtimesim.Acquire}, actors.Options{})
-	cred := &issuer{prefix: "whole", life: 24 * time.Hour}
-	s := h.create(sessions.SessionConfig{
-		Model:    "gpt-4o",
-		Provider: &sessions.ProviderConfig{Type: "openai", BaseURL: h.model.URL(), BearerTokenSource: cred},
-	})
+	cred := newCredential("whole")
+	cred.life = 24 * time.Hour
+	s := h.createWhole(cred, "")
 	h.turn(s)
 	if got := h.sim.Stats().TokenRequests; got != 1 {
 		t.Fatalf("token requests after one turn: %d, want 1", got)
@@ -172,7 +134,7 @@ func TestAcquireTokenReachesModelEndpoint(t *testing.T) {
 			t.Fatalf("model request %d carried token %s, not the callback's", i, tokens.Fingerprint(b))
 		}
 	}
-	if got := cred.asked[0]; got.ProviderName != "default" || got.SessionID != s.ID() || got.Scope != "" {
+	if got := cred.requests()[0]; got.ProviderName != "default" || got.SessionID != s.ID() || got.Scope != "" {
 		t.Fatalf("callback asked with %+v", got)
 	}
 }
@@ -181,11 +143,9 @@ func TestAcquireTokenReachesModelEndpoint(t *testing.T) {
 // freshly acquired, distinct token.
 func TestAcquireExpiredTokenIsNeverReused(t *testing.T) {
 	h := newSimHarness(t, runtimesim.Options{Dialect: runtimesim.Acquire, TurnRequests: 3}, actors.Options{})
-	cred := &issuer{prefix: "expired", life: -time.Minute}
-	s := h.create(sessions.SessionConfig{
-		Model:    "gpt-4o",
-		Provider: &sessions.ProviderConfig{Type: "openai", BaseURL: h.model.URL(), BearerTokenSource: cred},
-	})
+	cred := newCredential("expired")
+	cred.life = -time.Minute
+	s := h.createWhole(cred, "")
 	h.turn(s)
 	h.turn(s)
 	bearers := h.bearers()
@@ -211,8 +171,8 @@ func TestAcquireExpiredTokenIsNeverReused(t *testing.T) {
 func TestAcquireNamedProvidersEachUseTheirOwnToken(t *testing.T) {
 	h := newSimHarness(t, runtimesim.Options{Dialect: runtimesim.Acquire}, actors.Options{})
 	const miScope = "https://cognitiveservices.azure.com/.default"
-	mi := &issuer{prefix: "mi", life: time.Hour}
-	oauth := &issuer{prefix: "oauth", life: time.Hour}
+	mi := newCredential("mi")
+	oauth := newCredential("oauth")
 	s := h.create(sessions.SessionConfig{
 		Model: "mi/big",
 		Models: []sessions.ModelConfig{
@@ -241,7 +201,7 @@ func TestAcquireNamedProvidersEachUseTheirOwnToken(t *testing.T) {
 		t.Fatalf("model requests: %d, want 3", len(reqs))
 	}
 	wantModel := []string{"gpt-4o", "gpt-4o-mini", "gpt-4o"}
-	wantCred := []*issuer{mi, oauth, mi}
+	wantCred := []*credential{mi, oauth, mi}
 	for i, r := range reqs {
 		if r.Model != wantModel[i] || !wantCred[i].has(r.BearerToken()) {
 			t.Fatalf("turn %d: model %s with token %s; want %s with %s's token", i+1, r.Model, tokens.Fingerprint(r.BearerToken()), wantModel[i], wantCred[i].prefix)
@@ -250,10 +210,10 @@ func TestAcquireNamedProvidersEachUseTheirOwnToken(t *testing.T) {
 	if mi.calls() != 1 || oauth.calls() != 1 {
 		t.Fatalf("credential calls: mi %d, oauth %d; want 1 each", mi.calls(), oauth.calls())
 	}
-	if got := mi.asked[0]; got.ProviderName != "mi" || got.Scope != miScope {
+	if got := mi.requests()[0]; got.ProviderName != "mi" || got.Scope != miScope {
 		t.Fatalf("mi callback asked with %+v", got)
 	}
-	if got := oauth.asked[0]; got.ProviderName != "oauth" || got.Scope != "" {
+	if got := oauth.requests()[0]; got.ProviderName != "oauth" || got.Scope != "" {
 		t.Fatalf("oauth callback asked with %+v", got)
 	}
 	scopes := map[string]string{}
@@ -271,18 +231,20 @@ func TestBareTokenFetchedPerRequest(t *testing.T) {
 	for _, d := range []runtimesim.Dialect{runtimesim.Acquire, runtimesim.GetToken} {
 		t.Run(d.String(), func(t *testing.T) {
 			h := newSimHarness(t, runtimesim.Options{Dialect: d, TurnRequests: 2}, actors.Options{})
-			cred := &issuer{prefix: "bare"}
-			s := h.create(sessions.SessionConfig{
-				Model:    "gpt-4o",
-				Provider: &sessions.ProviderConfig{Type: "openai", BaseURL: h.model.URL(), BearerTokenSource: cred},
-			})
+			cred := newCredential("bare")
+			cred.bare = true
+			s := h.createWhole(cred, "")
 			h.turn(s)
 			h.turn(s)
 			bearers := h.bearers()
 			if len(bearers) != 4 || cred.calls() != 4 {
 				t.Fatalf("model requests %d, credential calls %d; want 4 and 4", len(bearers), cred.calls())
 			}
-			for i, r := range h.sim.TokenRequests() {
+			reqs := h.sim.TokenRequests()
+			if len(reqs) != 4 {
+				t.Fatalf("token requests %d, want 4", len(reqs))
+			}
+			for i, r := range reqs {
 				if !r.ExpiresOn.IsZero() {
 					t.Fatalf("token request %d: a bare token was given an expiry", i)
 				}
@@ -302,64 +264,29 @@ func TestBareTokenFetchedPerRequest(t *testing.T) {
 // answers all but the first.
 func TestGetTokenServedFromCache(t *testing.T) {
 	h := newSimHarness(t, runtimesim.Options{Dialect: runtimesim.GetToken, TurnRequests: 2}, actors.Options{})
-	cred := &issuer{prefix: "gt", life: time.Hour}
-	s := h.create(sessions.SessionConfig{
-		Model:    "gpt-4o",
-		Provider: &sessions.ProviderConfig{Type: "openai", BaseURL: h.model.URL(), BearerTokenSource: cred, BearerTokenScope: "api://x/.default"},
-	})
+	cred := newCredential("gt")
+	s := h.createWhole(cred, "api://x/.default")
 	h.turn(s)
 	h.turn(s)
 	if got := h.sim.Stats().TokenRequests; got != 4 {
 		t.Fatalf("token requests %d, want 4 (one per model request)", got)
 	}
-	if cred.calls() != 1 || cred.asked[0].Scope != "api://x/.default" {
-		t.Fatalf("credential calls %d (want 1), scope %q", cred.calls(), cred.asked[0].Scope)
+	if cred.calls() != 1 || cred.requests()[0].Scope != "api://x/.default" {
+		t.Fatalf("credential calls %d (want 1), scope %q", cred.calls(), cred.requests()[0].Scope)
 	}
 	if got := h.sim.Stats().TokenInvalid; got != 0 {
 		t.Fatalf("%d getToken replies were rejected by the runtime", got)
 	}
 }
 
-// rawRuntime is the runtime's end of a real connection, sending token
-// requests by hand so that every malformed shape can be tried.
-type rawRuntime struct {
-	conn *jsonrpc2.Conn
-}
-
-func dialRaw(t *testing.T, broker *actors.Broker) (*rawRuntime, *transport.Conn) {
-	t.Helper()
-	clientEnd, runtimeEnd := transport.Pipe()
-	tc := transport.NewConn(context.Background(), broker, clientEnd, nil, transport.ConnOptions{})
-	rc := jsonrpc2.NewConn(context.Background(), transport.NewStream(runtimeEnd, transport.Codec{}), jsonrpc2.HandlerWithError(
-		func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) { return nil, nil }))
-	t.Cleanup(func() { rc.Close(); tc.Close() })
-	return &rawRuntime{conn: rc}, tc
-}
-
-// ask sends a token request with the given raw params and returns the
-// result or the JSON-RPC error.
-func (r *rawRuntime) ask(t *testing.T, method string, params any) (map[string]any, *jsonrpc2.Error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var res map[string]any
-	err := r.conn.Call(ctx, method, params, &res)
-	if err == nil {
-		return res, nil
-	}
-	rpcErr, ok := err.(*jsonrpc2.Error)
-	if !ok {
-		t.Fatalf("%s: no JSON-RPC answer: %v", method, err)
-	}
-	return nil, rpcErr
-}
-
 // Every error row of PROTOCOL.md section 3 gets a clear JSON-RPC error, and
 // the connection keeps serving a healthy session after each.
 func TestErrorRepliesKeepTheConnectionServing(t *testing.T) {
-	broker := actors.NewBroker(actors.Options{RequestTimeout: 300 * time.Millisecond})
-	defer broker.Close()
-	rt, tc := dialRaw(t, broker)
+	w := newHardWorld(t, actors.Options{RequestTimeout: 300 * time.Millisecond})
+	rt := w.dial("pipe")
+	// A token with the scheme still on it: refused, and its value must
+	// not be quoted back in any error.
+	prefixed := w.secret("tok-prefixed-")
 
 	healthy := tokens.Static(tokens.Token{Value: "healthy-token", ExpiresOn: time.Now().Add(time.Hour)})
 	hang := tokens.Func(func(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
@@ -369,18 +296,14 @@ func TestErrorRepliesKeepTheConnectionServing(t *testing.T) {
 	fail := tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) {
 		return tokens.Token{}, fmt.Errorf("identity endpoint said 403 for client 1234")
 	})
-	if err := tc.Router.Open("ok", []actors.Provider{{Name: "default", Source: healthy}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := tc.Router.Open("bad", []actors.Provider{
-		{Name: "fail", Source: fail},
-		{Name: "hang", Source: hang},
-		{Name: "empty", Source: tokens.BareFunc(func(context.Context, tokens.Request) (string, error) { return "", nil })},
-		{Name: "prefixed", Source: tokens.BareFunc(func(context.Context, tokens.Request) (string, error) { return "Bearer abc", nil })},
-		{Name: "scoped", Scope: "api://a/.default", Source: healthy},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	rt.open("ok", actors.Provider{Name: "default", Source: healthy})
+	rt.open("bad",
+		actors.Provider{Name: "fail", Source: fail},
+		actors.Provider{Name: "hang", Source: hang},
+		actors.Provider{Name: "empty", Source: tokens.BareFunc(func(context.Context, tokens.Request) (string, error) { return "", nil })},
+		actors.Provider{Name: "prefixed", Source: tokens.BareFunc(func(context.Context, tokens.Request) (string, error) { return "Bearer " + prefixed, nil })},
+		actors.Provider{Name: "scoped", Scope: "api://a/.default", Source: healthy},
+	)
 
 	acq := transport.MethodAcquire
 	for _, tc := range []struct {
@@ -406,7 +329,7 @@ func TestErrorRepliesKeepTheConnectionServing(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
-			res, rpcErr := rt.ask(t, tc.method, tc.params)
+			res, rpcErr := rt.call(t, tc.method, tc.params)
 			if rpcErr == nil {
 				t.Fatalf("got result %v, want error %d", res, tc.code)
 			}
@@ -418,41 +341,34 @@ func TestErrorRepliesKeepTheConnectionServing(t *testing.T) {
 					t.Errorf("message %q lacks %q", rpcErr.Message, s)
 				}
 			}
-			if strings.Contains(rpcErr.Message, "abc") && tc.name != "Bearer-prefixed token" {
-				t.Errorf("message %q carries a token", rpcErr.Message)
+			if strings.Contains(rpcErr.Message, prefixed) {
+				t.Errorf("message carries the token %s", tokens.Fingerprint(prefixed))
 			}
 			if d := time.Since(start); d > 5*time.Second {
 				t.Errorf("answered after %s", d)
 			}
 			// The connection still serves the healthy session.
-			res, rpcErr = rt.ask(t, acq, map[string]any{"sessionId": "ok", "providerName": "default"})
+			res, rpcErr = rt.call(t, acq, map[string]any{"sessionId": "ok", "providerName": "default"})
 			if rpcErr != nil || res["token"] != "healthy-token" {
 				t.Fatalf("healthy session after %q: %v, %v", tc.name, res["token"] != nil, rpcErr)
 			}
 		})
 	}
-	// The prefixed token's value never appears in its error.
-	_, rpcErr := rt.ask(t, acq, map[string]any{"sessionId": "bad", "providerName": "prefixed"})
-	if rpcErr == nil || strings.Contains(rpcErr.Message, "Bearer abc") {
-		t.Fatalf("prefixed token error: %v", rpcErr)
-	}
+	// Nor in anything logged, traced or measured.
+	w.assertNoSecrets()
 }
 
 // The getToken reply is exactly {token}; the acquire reply carries the
 // expiry in Unix milliseconds.
 func TestReplyShapes(t *testing.T) {
-	broker := actors.NewBroker(actors.Options{})
-	defer broker.Close()
-	rt, tc := dialRaw(t, broker)
+	rt := newHardWorld(t, actors.Options{}).dial("pipe")
 	exp := time.Now().Add(time.Hour).Truncate(time.Millisecond)
-	if err := tc.Router.Open("s", []actors.Provider{{Name: "p", Source: tokens.Static(tokens.Token{Value: "v1", ExpiresOn: exp})}}); err != nil {
-		t.Fatal(err)
-	}
-	res, rpcErr := rt.ask(t, transport.MethodGetToken, map[string]any{"sessionId": "s", "providerName": "p"})
+	rt.open("s", actors.Provider{Name: "p", Source: tokens.Static(tokens.Token{Value: "v1", ExpiresOn: exp})})
+	res, rpcErr := rt.call(t, transport.MethodGetToken, map[string]any{"sessionId": "s", "providerName": "p"})
 	if rpcErr != nil || len(res) != 1 || res["token"] != "v1" {
 		t.Fatalf("getToken result has fields %d (want exactly token), err %v", len(res), rpcErr)
 	}
-	res, rpcErr = rt.ask(t, transport.MethodAcquire, map[string]any{"sessionId": "s", "providerName": "p", "scope": ""})
+	res, rpcErr = rt.call(t, transport.MethodAcquire, map[string]any{"sessionId": "s", "providerName": "p", "scope": ""})
 	if rpcErr != nil || len(res) != 2 || res["token"] != "v1" || res["expiresOnTimestamp"] != float64(exp.UnixMilli()) {
 		t.Fatalf("acquire result: %d fields, expiry %v (want %d), err %v", len(res), res["expiresOnTimestamp"], exp.UnixMilli(), rpcErr)
 	}
@@ -462,10 +378,8 @@ func TestReplyShapes(t *testing.T) {
 // the other names its id, and the other's own session of the same id gets
 // its own token.
 func TestSessionsAreRoutedPerConnection(t *testing.T) {
-	broker := actors.NewBroker(actors.Options{})
-	defer broker.Close()
-	rtA, connA := dialRaw(t, broker)
-	rtB, connB := dialRaw(t, broker)
+	w := newHardWorld(t, actors.Options{})
+	rtA, rtB := w.dial("pipe"), w.dial("pipe")
 	var calls atomic.Int32
 	src := func(v string) tokens.Source {
 		return tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) {
@@ -473,21 +387,17 @@ func TestSessionsAreRoutedPerConnection(t *testing.T) {
 			return tokens.Token{Value: v, ExpiresOn: time.Now().Add(time.Hour)}, nil
 		})
 	}
-	if err := connA.Router.Open("tenant-a", []actors.Provider{{Name: "default", Source: src("token-a")}}); err != nil {
-		t.Fatal(err)
-	}
-	_, rpcErr := rtB.ask(t, transport.MethodGetToken, map[string]any{"sessionId": "tenant-a", "providerName": "default"})
+	rtA.open("tenant-a", actors.Provider{Name: "default", Source: src("token-a")})
+	_, rpcErr := rtB.call(t, transport.MethodGetToken, map[string]any{"sessionId": "tenant-a", "providerName": "default"})
 	if rpcErr == nil || rpcErr.Code != transport.CodeUnknownSession {
 		t.Fatalf("connection B was answered for A's session: %v", rpcErr)
 	}
 	if calls.Load() != 0 {
 		t.Fatal("A's credential was called for B's request")
 	}
-	if err := connB.Router.Open("tenant-a", []actors.Provider{{Name: "default", Source: src("token-b")}}); err != nil {
-		t.Fatal(err)
-	}
-	resA, errA := rtA.ask(t, transport.MethodGetToken, map[string]any{"sessionId": "tenant-a", "providerName": "default"})
-	resB, errB := rtB.ask(t, transport.MethodGetToken, map[string]any{"sessionId": "tenant-a", "providerName": "default"})
+	rtB.open("tenant-a", actors.Provider{Name: "default", Source: src("token-b")})
+	resA, errA := rtA.call(t, transport.MethodGetToken, map[string]any{"sessionId": "tenant-a", "providerName": "default"})
+	resB, errB := rtB.call(t, transport.MethodGetToken, map[string]any{"sessionId": "tenant-a", "providerName": "default"})
 	if errA != nil || errB != nil || resA["token"] != "token-a" || resB["token"] != "token-b" {
 		t.Fatalf("same session id on two connections crossed: A ok=%v B ok=%v", resA["token"] == "token-a", resB["token"] == "token-b")
 	}

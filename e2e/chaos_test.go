@@ -159,10 +159,7 @@ func TestChaos(t *testing.T) {
 	var sharedSrc []*hardSource
 	for i, k := range []chaosKind{kinds[0], kinds[2], kinds[3]} {
 		src := k.make(w, fmt.Sprintf("tok-shared%d-%s-", i, k.name), stuck)
-		c, err := w.broker.NewCredential(fmt.Sprintf("shared-%d", i), "", src)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := w.credential(fmt.Sprintf("shared-%d", i), "", src)
 		shared, sharedSrc = append(shared, c), append(sharedSrc, src)
 	}
 	sharedKind := []chaosKind{kinds[0], kinds[2], kinds[3]}

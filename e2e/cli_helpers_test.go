@@ -133,10 +133,12 @@ func provider(m *fakemodel.Server, src tokens.Source, scope string) sessions.Pro
 }
 
 // credential is a test token source that counts its calls and records the
-// requests, handing out "<prefix>-<n>" valid for an hour on clock.
+// requests, handing out "<prefix>-<n>" valid for life (an hour unless set;
+// negative: already expired) on clock, or bare tokens.
 type credential struct {
 	prefix string
 	clock  tokens.Clock
+	life   time.Duration
 	bare   bool
 
 	mu    sync.Mutex
@@ -146,7 +148,7 @@ type credential struct {
 }
 
 func newCredential(prefix string) *credential {
-	return &credential{prefix: prefix, clock: tokens.SystemClock}
+	return &credential{prefix: prefix, clock: tokens.SystemClock, life: time.Hour}
 }
 
 func (c *credential) Token(ctx context.Context, req tokens.Request) (tokens.Token, error) {
@@ -163,7 +165,7 @@ func (c *credential) Token(ctx context.Context, req tokens.Request) (tokens.Toke
 	}
 	tok := tokens.Token{Value: c.value(n)}
 	if !c.bare {
-		tok.ExpiresOn = c.clock.Now().Add(time.Hour)
+		tok.ExpiresOn = c.clock.Now().Add(c.life)
 	}
 	return tok, nil
 }
@@ -174,6 +176,16 @@ func (c *credential) calls() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.reqs)
+}
+
+// has reports whether v is the token of one of c's calls so far.
+func (c *credential) has(v string) bool {
+	for n := range c.calls() {
+		if v == c.value(n+1) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *credential) requests() []tokens.Request {
@@ -188,7 +200,7 @@ func (c *credential) setFail(err error) {
 	c.fail = err
 }
 
-// bearerTokens lists, as fingerprints, the bearer tokens m received, and
+// onlyToken lists, as fingerprints, the bearer tokens m received, and
 // reports whether every one equals want.
 func onlyToken(m *fakemodel.Server, want string) (fingerprints []string, ok bool) {
 	ok = true

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -63,10 +62,7 @@ func TestConnFaultDisconnectMidRequest(t *testing.T) {
 			w := hardHourWorld(t)
 			own := w.source("tok-own-").gated()
 			sharedSrc := w.source("tok-shared-").gated()
-			shared, err := w.broker.NewCredential("mi", "", sharedSrc)
-			if err != nil {
-				t.Fatal(err)
-			}
+			shared := w.credential("mi", "", sharedSrc)
 			defer shared.Close()
 
 			a, b := w.dial(link), w.dial(link)
@@ -90,14 +86,7 @@ func TestConnFaultDisconnectMidRequest(t *testing.T) {
 			hardEventually(t, "dead connection's router closing", func() bool { return a.client.Router.Len() == 0 })
 			// The per-session credential call is cancelled: nobody can
 			// use its result.
-			select {
-			case err := <-own.ended:
-				if !errors.Is(err, context.Canceled) {
-					t.Errorf("per-session credential call ended with %v, want its context cancelled", err)
-				}
-			case <-time.After(hardSettle):
-				t.Fatal("the per-session credential call of a dead connection was not cancelled")
-			}
+			hardWaitCancelled(t, "the per-session credential call of the dead connection", own.ended)
 			// Every request handler of the dead connection has returned.
 			w.eventually("dead connection's handlers returning", func() bool {
 				n, _, _ := w.cap.Int64Sum(context.Background(), "tokenbroker.requests")
@@ -154,10 +143,7 @@ func TestConnFaultReconnect(t *testing.T) {
 	hardLeakCheck(t)
 	w := hardHourWorld(t)
 	sharedSrc := w.source("tok-shared-")
-	shared, err := w.broker.NewCredential("mi", "", sharedSrc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	shared := w.credential("mi", "", sharedSrc)
 	defer shared.Close()
 	ids := []string{"s1", "s2", "s3"}
 	var mu sync.Mutex
@@ -205,10 +191,7 @@ func TestConnFaultSessionClosedInFlight(t *testing.T) {
 	w := hardHourWorld(t)
 	own := w.source("tok-own-").gated()
 	sharedSrc := w.source("tok-shared-").gated()
-	shared, err := w.broker.NewCredential("mi", "", sharedSrc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	shared := w.credential("mi", "", sharedSrc)
 	rt := w.dial("pipe")
 	rt.open("doomed", actors.Provider{Name: "own", Source: own}, actors.Provider{Name: "mi", Source: shared})
 	rt.open("survivor", actors.Provider{Name: "mi", Source: shared})
@@ -229,14 +212,7 @@ func TestConnFaultSessionClosedInFlight(t *testing.T) {
 			t.Errorf("closed error does not name the session: %s", ans)
 		}
 	}
-	select {
-	case err := <-own.ended:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("closed session's credential call ended with %v, want cancelled", err)
-		}
-	case <-time.After(hardSettle):
-		t.Fatal("the credential call of a closed session was not cancelled")
-	}
+	hardWaitCancelled(t, "closed session's credential call", own.ended)
 	sharedSrc.release()
 	for _, ans := range hardCollect(t, "survivor", survivor, 2) {
 		if hardCode(ans) != 0 || !sharedSrc.owns(ans.token) {
@@ -246,10 +222,7 @@ func TestConnFaultSessionClosedInFlight(t *testing.T) {
 
 	// Closing the shared credential itself ends the waits on it.
 	blocked := w.source("tok-blocked-").gated()
-	cred2, err := w.broker.NewCredential("mi2", "", blocked)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cred2 := w.credential("mi2", "", blocked)
 	rt.open("on-cred2", actors.Provider{Name: "mi2", Source: cred2})
 	waiting := hardInflight(rt, 2, transport.MethodGetToken, "on-cred2", "mi2")
 	hardWait(t, "second credential called", blocked.started)
@@ -260,14 +233,7 @@ func TestConnFaultSessionClosedInFlight(t *testing.T) {
 			t.Errorf("request on a closed credential: %s, want a closed error", ans)
 		}
 	}
-	select {
-	case err := <-blocked.ended:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("closed credential's call ended with %v, want cancelled", err)
-		}
-	case <-time.After(hardSettle):
-		t.Fatal("the call of a closed credential was not cancelled")
-	}
+	hardWaitCancelled(t, "closed credential's call", blocked.ended)
 	shared.Close()
 	rt.hangUp()
 	w.eventually("everything stopping", func() bool {

@@ -81,11 +81,28 @@ func newHardWorld(t *testing.T, opts actors.Options) *hardWorld {
 // secret returns a fresh random value with the given prefix and remembers
 // it, to be looked for in everything captured.
 func (w *hardWorld) secret(prefix string) string {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	v := prefix + hex.EncodeToString(b)
+	v := hardUnique(prefix)
 	w.remember(prefix+tokens.Fingerprint(v), v)
 	return v
+}
+
+// hardUnique returns prefix followed by random hex, unique to this run.
+func hardUnique(prefix string) string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// credential makes a shared Credential on the world's broker. It is not
+// closed at cleanup: the tests close it where its end is part of what they
+// check, and the broker's Close stops the rest.
+func (w *hardWorld) credential(name, scope string, src tokens.Source) *actors.Credential {
+	w.t.Helper()
+	c, err := w.broker.NewCredential(name, scope, src)
+	if err != nil {
+		w.t.Fatalf("NewCredential %q: %v", name, err)
+	}
+	return c
 }
 
 func (w *hardWorld) remember(label, v string) {
@@ -243,11 +260,7 @@ func (rt *hardRuntime) ask(ctx context.Context, method, session, provider string
 	switch {
 	case errors.As(err, &rpcErr):
 		a.rpcErr = rpcErr
-		// Errors reach the user: they are scanned for secrets too.
-		rt.w.cap.Add("error returned to the runtime", rpcErr.Message)
-		if rpcErr.Data != nil {
-			rt.w.cap.Add("error data returned to the runtime", string(*rpcErr.Data))
-		}
+		rt.noteError(rpcErr)
 	case err != nil:
 		a.err = err
 	default:
@@ -264,6 +277,35 @@ func (rt *hardRuntime) ask(ctx context.Context, method, session, provider string
 		rt.w.remember("served token "+tokens.Fingerprint(res.Token), res.Token)
 	}
 	return a
+}
+
+// call sends one request with arbitrary params, so that malformed shapes
+// can be tried, and returns its result or its JSON-RPC error; no answer at
+// all fails t.
+func (rt *hardRuntime) call(t *testing.T, method string, params any) (map[string]any, *jsonrpc2.Error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), hardSettle)
+	defer cancel()
+	var res map[string]any
+	err := rt.rpc.Call(ctx, method, params, &res)
+	if err == nil {
+		return res, nil
+	}
+	var rpcErr *jsonrpc2.Error
+	if !errors.As(err, &rpcErr) {
+		t.Fatalf("%s: no JSON-RPC answer: %v", method, err)
+	}
+	rt.noteError(rpcErr)
+	return nil, rpcErr
+}
+
+// noteError adds an error the runtime received to the capture: errors
+// reach the user, so they are scanned for secrets too.
+func (rt *hardRuntime) noteError(e *jsonrpc2.Error) {
+	rt.w.cap.Add("error returned to the runtime", e.Message)
+	if e.Data != nil {
+		rt.w.cap.Add("error data returned to the runtime", string(*e.Data))
+	}
 }
 
 // open registers a session on the runtime's client connection.
@@ -348,6 +390,20 @@ func hardWait(t *testing.T, what string, ch <-chan struct{}) {
 	case <-ch:
 	case <-time.After(hardSettle):
 		t.Fatalf("%s: not within %s", what, hardSettle)
+	}
+}
+
+// hardWaitCancelled waits for the end of a credential call (a hardSource's
+// ended) and fails unless its context was cancelled.
+func hardWaitCancelled(t *testing.T, what string, ended <-chan error) {
+	t.Helper()
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("%s ended with %v, want its context cancelled", what, err)
+		}
+	case <-time.After(hardSettle):
+		t.Fatalf("%s was not cancelled within %s", what, hardSettle)
 	}
 }
 

@@ -83,10 +83,7 @@ func TestIsolationTenantsUnderLoad(t *testing.T) {
 	for ti := range tenants {
 		shared := w.source(fmt.Sprintf("tok-tenant%d-mi-", ti))
 		shared.life = 62 * time.Second // just over the floor: refreshed often
-		cred, err := w.broker.NewCredential("mi", scope, shared)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cred := w.credential("mi", scope, shared)
 		creds = append(creds, cred)
 		for si := range sessionsPerTenant {
 			// Session ids collide across tenants on different

@@ -23,10 +23,7 @@ func TestLeakSessionAndConnectionCycles(t *testing.T) {
 	hardLeakCheck(t)
 	w := newHardWorld(t, actors.Options{RequestTimeout: 10 * time.Second})
 	sharedSrc := w.source("tok-shared-")
-	shared, err := w.broker.NewCredential("mi", "", sharedSrc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	shared := w.credential("mi", "", sharedSrc)
 	cycles := 10000
 	if testing.Short() {
 		cycles = 1000
@@ -103,10 +100,7 @@ func TestLeakBrokerCloseWaitsForEverything(t *testing.T) {
 		w := hardHourWorld(t)
 		own := w.source("tok-own-").gated()
 		sharedSrc := w.source("tok-shared-").gated()
-		shared, err := w.broker.NewCredential("mi", "", sharedSrc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		shared := w.credential("mi", "", sharedSrc)
 		rt := w.dial("pipe")
 		rt.open("s", actors.Provider{Name: "own", Source: own}, actors.Provider{Name: "mi", Source: shared})
 		pending := hardInflight(rt, 4, transport.MethodGetToken, "s", "own")

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -21,12 +19,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
-
-func hardUnique(prefix string) string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return prefix + hex.EncodeToString(b)
-}
 
 // Real azidentity credentials (managed identity against a fake App Service
 // endpoint, client secret against a fake Entra endpoint) serve sessions on
@@ -76,10 +68,7 @@ func TestSecretsAzureIdentityFlows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sharedMI, err := w.broker.NewCredential("mi", scope, azuresource.New(mi))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sharedMI := w.credential("mi", scope, azuresource.New(mi))
 	defer sharedMI.Close()
 
 	a, b := w.dial("pipe"), w.dial("tcp")

@@ -304,19 +304,9 @@ func FuzzConn(f *testing.F) {
 		// Give in-flight requests a moment to be answered, then hang up.
 		time.Sleep(time.Millisecond)
 		_ = runtimeEnd.Close()
-		select {
-		case <-conn.DisconnectNotify():
-		case <-time.After(settle):
-			t.Fatal("connection did not end with its stream")
-		}
+		waitFor(t, "connection ending with its stream", conn.DisconnectNotify())
 		wg.Wait()
-		deadline := time.Now().Add(settle)
-		for conn.Router.Len() != 0 {
-			if time.Now().After(deadline) {
-				t.Fatal("router of an ended connection still open")
-			}
-			time.Sleep(time.Millisecond)
-		}
+		eventually(t, "router of the ended connection closing", func() bool { return conn.Router.Len() == 0 })
 
 		sent := requestsIn(data)
 		for _, m := range replies {
