@@ -1,7 +1,7 @@
 package e2e
 
 // The core flow of the published design (the acquire dialect) end to end:
-// sessions.Client on one end of a real JSON-RPC connection, the runtime
+// client.Client on one end of a real JSON-RPC connection, the runtime
 // simulator on the other, a fake model endpoint on 127.0.0.1 receiving the
 // bearer tokens. Nothing here calls a handler directly.
 
@@ -17,9 +17,10 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
-	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
 	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
@@ -30,7 +31,7 @@ type simHarness struct {
 	t      *testing.T
 	model  *fakemodel.Server
 	sim    *runtimesim.Runtime
-	client *sessions.Client
+	client *client.Client
 }
 
 func newSimHarness(t *testing.T, simOpts runtimesim.Options, brokerOpts actors.Options) *simHarness {
@@ -50,7 +51,7 @@ func newSimHarness(t *testing.T, simOpts runtimesim.Options, brokerOpts actors.O
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	client, err := sessions.Connect(ctx, broker, clientEnd, sessions.ClientOptions{})
+	client, err := client.Connect(ctx, broker, clientEnd, client.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +62,7 @@ func newSimHarness(t *testing.T, simOpts runtimesim.Options, brokerOpts actors.O
 	return &simHarness{t: t, model: model, sim: sim, client: client}
 }
 
-func (h *simHarness) create(cfg sessions.SessionConfig) *sessions.Session {
+func (h *simHarness) create(cfg sessions.SessionConfig) *client.Session {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -72,7 +73,7 @@ func (h *simHarness) create(cfg sessions.SessionConfig) *sessions.Session {
 	return s
 }
 
-func (h *simHarness) turn(s *sessions.Session) {
+func (h *simHarness) turn(s *client.Session) {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -83,7 +84,7 @@ func (h *simHarness) turn(s *sessions.Session) {
 
 // createWhole creates a session on model "gpt-4o" whose whole-session
 // provider is the fake endpoint, with tokens from src.
-func (h *simHarness) createWhole(src tokens.Source, scope string) *sessions.Session {
+func (h *simHarness) createWhole(src tokens.Source, scope string) *client.Session {
 	h.t.Helper()
 	return h.create(sessions.SessionConfig{
 		Model:    "gpt-4o",

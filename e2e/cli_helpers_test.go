@@ -14,8 +14,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
 	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
@@ -50,7 +51,7 @@ func newBroker(t *testing.T, opts actors.Options) *actors.Broker {
 
 // startCLI starts the real CLI at path for broker and logs how long the
 // start and handshake took and the process's memory.
-func startCLI(t *testing.T, path string, b *actors.Broker, opts sessions.ClientOptions) *sessions.Client {
+func startCLI(t *testing.T, path string, b *actors.Broker, opts client.Options) *client.Client {
 	t.Helper()
 	opts.CLIPath = path
 	if opts.Dir == "" {
@@ -60,7 +61,7 @@ func startCLI(t *testing.T, path string, b *actors.Broker, opts sessions.ClientO
 		opts.Stderr = os.Stderr
 	}
 	start := time.Now()
-	c, err := sessions.Start(testContext(t), b, opts)
+	c, err := client.Start(testContext(t), b, opts)
 	if err != nil {
 		t.Fatalf("starting the Copilot CLI: %v", err)
 	}

@@ -20,8 +20,9 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/clitest"
-	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
 	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
 	"github.com/tokenbroker/tokenbroker/transport"
@@ -64,7 +65,7 @@ func TestCopilotCLI(t *testing.T) {
 func testWholeSessionProvider(t *testing.T, cli string) {
 	ctx := testContext(t)
 	b := newBroker(t, actors.Options{})
-	c := startCLI(t, cli, b, sessions.ClientOptions{})
+	c := startCLI(t, cli, b, client.Options{})
 	model := newModel(t, "whole-session answer")
 	cred := newCredential("whole")
 	p := provider(model, cred, testScope)
@@ -117,7 +118,7 @@ func testNamedProviders(t *testing.T, cli string) {
 	ctx := testContext(t)
 	spans := tracetest.NewSpanRecorder()
 	b := newBroker(t, actors.Options{})
-	c := startCLI(t, cli, b, sessions.ClientOptions{Conn: transport.ConnOptions{Options: transport.Options{
+	c := startCLI(t, cli, b, client.Options{Conn: transport.ConnOptions{Options: transport.Options{
 		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)),
 	}}})
 	alphaModel, betaModel := newModel(t, "from alpha"), newModel(t, "from beta")
@@ -200,7 +201,7 @@ func testCachedUntilExpiry(t *testing.T, cli string) {
 	clock := &fakeClock{now: time.Now()}
 	spans := tracetest.NewSpanRecorder()
 	b := newBroker(t, actors.Options{Clock: clock})
-	c := startCLI(t, cli, b, sessions.ClientOptions{Conn: transport.ConnOptions{Options: transport.Options{
+	c := startCLI(t, cli, b, client.Options{Conn: transport.ConnOptions{Options: transport.Options{
 		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)),
 	}}})
 	model := newModel(t, "cached answer")
@@ -266,7 +267,7 @@ func testFailingCredentialRecovers(t *testing.T, cli string) {
 	policy := tokens.DefaultPolicy()
 	policy.BackoffBase, policy.BackoffMax = 50*time.Millisecond, 100*time.Millisecond
 	b := newBroker(t, actors.Options{Policy: &policy})
-	c := startCLI(t, cli, b, sessions.ClientOptions{})
+	c := startCLI(t, cli, b, client.Options{})
 	model := newModel(t, "recovered")
 	cred := newCredential("flaky")
 	const failure = "identity endpoint unavailable (HTTP 503)"
@@ -278,7 +279,7 @@ func testFailingCredentialRecovers(t *testing.T, cli string) {
 	}
 	start := time.Now()
 	_, err = sess.SendAndWait(ctx, "hello")
-	var se *sessions.SessionError
+	var se *client.SessionError
 	if !errors.As(err, &se) {
 		t.Fatalf("err = %v, want a session.error", err)
 	}
@@ -317,7 +318,7 @@ func testResumeOnFreshProcess(t *testing.T, cli string) {
 		return sessions.SessionConfig{SessionID: "e2e-resume-1", Model: "gpt-4o", Provider: &p}
 	}
 
-	c1 := startCLI(t, cli, b, sessions.ClientOptions{Home: home})
+	c1 := startCLI(t, cli, b, client.Options{Home: home})
 	s1, err := c1.CreateSession(ctx, cfg(first))
 	if err != nil {
 		t.Fatal(err)
@@ -332,7 +333,7 @@ func testResumeOnFreshProcess(t *testing.T, cli string) {
 	model.Reset()
 
 	second := newCredential("second")
-	c2 := startCLI(t, cli, b, sessions.ClientOptions{Home: home})
+	c2 := startCLI(t, cli, b, client.Options{Home: home})
 	s2, err := c2.ResumeSession(ctx, cfg(second))
 	if err != nil {
 		t.Fatalf("session.resume: %v", err)
@@ -354,14 +355,14 @@ func testResumeOnFreshProcess(t *testing.T, cli string) {
 func testTenantIsolation(t *testing.T, cli string) {
 	ctx := testContext(t)
 	b := newBroker(t, actors.Options{})
-	c := startCLI(t, cli, b, sessions.ClientOptions{})
+	c := startCLI(t, cli, b, client.Options{})
 	type tenant struct {
 		name  string
 		model interface {
 			Count() int
 		}
 		cred *credential
-		sess *sessions.Session
+		sess *client.Session
 	}
 	var tenants []*tenant
 	models := map[string]func() []string{}
@@ -429,7 +430,7 @@ func testHangingCredential(t *testing.T, cli string) {
 	ctx := testContext(t)
 	const deadline = time.Second
 	b := newBroker(t, actors.Options{RequestTimeout: deadline})
-	c := startCLI(t, cli, b, sessions.ClientOptions{})
+	c := startCLI(t, cli, b, client.Options{})
 	model := newModel(t, "never")
 	cred := newCredential("hang")
 	cred.block = true
@@ -441,7 +442,7 @@ func testHangingCredential(t *testing.T, cli string) {
 	start := time.Now()
 	_, err = sess.SendAndWait(ctx, "hello")
 	took := time.Since(start)
-	var se *sessions.SessionError
+	var se *client.SessionError
 	if !errors.As(err, &se) {
 		t.Fatalf("err = %v after %s, want a session.error", err, took)
 	}
@@ -465,7 +466,7 @@ func testHangingCredential(t *testing.T, cli string) {
 func testAbort(t *testing.T, cli string) {
 	ctx := testContext(t)
 	b := newBroker(t, actors.Options{})
-	c := startCLI(t, cli, b, sessions.ClientOptions{})
+	c := startCLI(t, cli, b, client.Options{})
 	release := make(chan struct{})
 	var once sync.Once
 	free := func() { once.Do(func() { close(release) }) }
@@ -501,7 +502,7 @@ func testAbort(t *testing.T, cli string) {
 	if err := sess.Abort(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-errc; !errors.Is(err, sessions.ErrAborted) {
+	if err := <-errc; !errors.Is(err, client.ErrAborted) {
 		t.Fatalf("aborted turn: err = %v, want ErrAborted", err)
 	}
 	free()

@@ -1,7 +1,9 @@
 // Package sessions is the API a service calls: provider configs that carry
 // a token callback, the rewriting of session.create and session.resume
-// params for the wire, opening and closing a session's token routing, and a
-// small client for a Copilot runtime.
+// params for the wire, and opening a session's token routing on a
+// connection's Router. It does not talk to a runtime itself: the runtime
+// client is sessions/client, and a service that drives the runtime with its
+// own JSON-RPC code needs only this package and transport's middleware.
 package sessions
 
 import (

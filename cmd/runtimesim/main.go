@@ -23,7 +23,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
 )
 
 func main() {

@@ -18,9 +18,10 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/copilotcli"
-	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
-	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
 	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
@@ -203,20 +204,20 @@ func (d *directDriver) close() error {
 
 func (d *directDriver) extra() map[string]any { return nil }
 
-// turnDriver drives a runtime through sessions.Client: session.create for
+// turnDriver drives a runtime through client.Client: session.create for
 // every session, then session.send turns; each turn makes the runtime ask
 // for a token and call a fake model endpoint with it.
 type turnDriver struct {
 	cfg      *config
 	creds    *credentials
-	client   *sessions.Client
+	client   *client.Client
 	model    *fakemodel.Server
 	modelURL string
 	sim      *runtimesim.Runtime
 	simDone  chan struct{}
 	desc     string
 
-	sessions []*sessions.Session
+	sessions []*client.Session
 }
 
 func newTurnDriver(ctx context.Context, cfg *config, broker *actors.Broker, creds *credentials, opts transport.ConnOptions) (*turnDriver, error) {
@@ -228,7 +229,7 @@ func newTurnDriver(ctx context.Context, cfg *config, broker *actors.Broker, cred
 		}
 		d.model, d.modelURL = model, model.URL()
 	}
-	copts := sessions.ClientOptions{Conn: opts, EventBuffer: -1}
+	copts := client.Options{Conn: opts, EventBuffer: -1}
 	var err error
 	switch cfg.Runtime {
 	case "sim":
@@ -240,13 +241,13 @@ func newTurnDriver(ctx context.Context, cfg *config, broker *actors.Broker, cred
 			defer close(d.simDone)
 			_ = d.sim.Serve(context.WithoutCancel(ctx), runtimeEnd) // ends when the client closes its end
 		}()
-		d.client, err = sessions.Connect(ctx, broker, clientEnd, copts)
+		d.client, err = client.Connect(ctx, broker, clientEnd, copts)
 		d.desc = fmt.Sprintf("embedded simulator (%s dialect)", dialect)
 	case "tcp":
 		var conn net.Conn
 		conn, err = transport.Dial(ctx, cfg.Addr)
 		if err == nil {
-			d.client, err = sessions.Connect(ctx, broker, conn, copts)
+			d.client, err = client.Connect(ctx, broker, conn, copts)
 		}
 		d.desc = "runtime at " + cfg.Addr
 	case "copilot":
@@ -257,7 +258,7 @@ func newTurnDriver(ctx context.Context, cfg *config, broker *actors.Broker, cred
 				break
 			}
 		}
-		d.client, err = sessions.Start(ctx, broker, copts)
+		d.client, err = client.Start(ctx, broker, copts)
 		if err == nil {
 			d.desc = fmt.Sprintf("Copilot CLI %s, pid %d", d.client.Info().Version, d.client.Pid())
 		}
@@ -291,7 +292,7 @@ func (d *turnDriver) sessionConfig(i int) sessions.SessionConfig {
 }
 
 func (d *turnDriver) open(ctx context.Context) error {
-	d.sessions = make([]*sessions.Session, d.cfg.Sessions)
+	d.sessions = make([]*client.Session, d.cfg.Sessions)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, 1)

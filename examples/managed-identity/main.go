@@ -50,9 +50,10 @@ import (
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/copilotcli"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
-	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
-	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
 	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
 	"github.com/tokenbroker/tokenbroker/transport"
@@ -227,7 +228,7 @@ type sessionResult struct {
 	err    error
 }
 
-func runSession(ctx context.Context, client *sessions.Client, cfg config, shared *actors.Credential, i int) sessionResult {
+func runSession(ctx context.Context, client *client.Client, cfg config, shared *actors.Credential, i int) sessionResult {
 	res := sessionResult{id: fmt.Sprintf("mi-%02d-%s", i+1, randomID("s")[2:8])}
 	s, err := client.CreateSession(ctx, sessions.SessionConfig{
 		SessionID: res.id,
@@ -258,7 +259,7 @@ func runSession(ctx context.Context, client *sessions.Client, cfg config, shared
 
 // connect starts the runtime: the simulator on an in-memory pipe, or the
 // Copilot CLI as a child process.
-func connect(ctx context.Context, broker *actors.Broker, cfg config, real bool) (*runtimesim.Runtime, *sessions.Client, string, error) {
+func connect(ctx context.Context, broker *actors.Broker, cfg config, real bool) (*runtimesim.Runtime, *client.Client, string, error) {
 	switch cfg.runtime {
 	case "simulator":
 		d, err := runtimesim.ParseDialect(cfg.dialect)
@@ -273,7 +274,7 @@ func connect(ctx context.Context, broker *actors.Broker, cfg config, real bool) 
 		sim := runtimesim.New(opts)
 		clientEnd, runtimeEnd := transport.Pipe()
 		go sim.Serve(context.WithoutCancel(ctx), runtimeEnd) // ends when the client closes its end
-		c, err := sessions.Connect(ctx, broker, clientEnd, sessions.ClientOptions{})
+		c, err := client.Connect(ctx, broker, clientEnd, client.Options{})
 		label := fmt.Sprintf("embedded simulator, %s dialect", d)
 		if d == runtimesim.GetToken {
 			label += " (asks for a token before every model request, like Copilot CLI 1.0.102)"
@@ -284,7 +285,7 @@ func connect(ctx context.Context, broker *actors.Broker, cfg config, real bool) 
 		if err != nil {
 			return nil, nil, "", fmt.Errorf("no Copilot CLI (%w): run `make cli` or set COPILOT_CLI_PATH", err)
 		}
-		c, err := sessions.Start(ctx, broker, sessions.ClientOptions{CLIPath: path})
+		c, err := client.Start(ctx, broker, client.Options{CLIPath: path})
 		if err != nil {
 			return nil, nil, "", err
 		}

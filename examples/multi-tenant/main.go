@@ -34,9 +34,10 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
-	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
-	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
 	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
 	"github.com/tokenbroker/tokenbroker/transport"
@@ -128,7 +129,7 @@ func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName s
 	sim := runtimesim.New(runtimesim.Options{Dialect: d})
 	clientEnd, runtimeEnd := transport.Pipe()
 	go sim.Serve(context.WithoutCancel(ctx), runtimeEnd)
-	client, err := sessions.Connect(ctx, broker, clientEnd, sessions.ClientOptions{})
+	client, err := client.Connect(ctx, broker, clientEnd, client.Options{})
 	if err != nil {
 		return err
 	}
@@ -226,7 +227,7 @@ func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName s
 	return nil
 }
 
-func runSession(ctx context.Context, client *sessions.Client, baseURL string, cred *actors.Credential, id string, turns int) error {
+func runSession(ctx context.Context, client *client.Client, baseURL string, cred *actors.Credential, id string, turns int) error {
 	s, err := client.CreateSession(ctx, sessions.SessionConfig{
 		SessionID: id,
 		Model:     "gpt-4o",

@@ -31,9 +31,10 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/copilotcli"
-	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
-	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
 	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
 	"github.com/tokenbroker/tokenbroker/tracing/export"
@@ -172,8 +173,8 @@ func run(ctx context.Context, out io.Writer, runtimeName, dialectName string, tu
 }
 
 // connect starts the runtime and the client that drives it.
-func connect(ctx context.Context, broker *actors.Broker, runtimeName, dialectName string, tp *sdktrace.TracerProvider) (*sessions.Client, string, error) {
-	opts := sessions.ClientOptions{Conn: transport.ConnOptions{Options: transport.Options{TracerProvider: tp}}}
+func connect(ctx context.Context, broker *actors.Broker, runtimeName, dialectName string, tp *sdktrace.TracerProvider) (*client.Client, string, error) {
+	opts := client.Options{Conn: transport.ConnOptions{Options: transport.Options{TracerProvider: tp}}}
 	switch runtimeName {
 	case "simulator":
 		d, err := runtimesim.ParseDialect(dialectName)
@@ -183,7 +184,7 @@ func connect(ctx context.Context, broker *actors.Broker, runtimeName, dialectNam
 		clientEnd, runtimeEnd := transport.Pipe()
 		sim := runtimesim.New(runtimesim.Options{Dialect: d})
 		go sim.Serve(context.WithoutCancel(ctx), runtimeEnd) // ends when the client closes its end
-		c, err := sessions.Connect(ctx, broker, clientEnd, opts)
+		c, err := client.Connect(ctx, broker, clientEnd, opts)
 		return c, fmt.Sprintf("embedded simulator (%s dialect)", d), err
 	case "copilot":
 		path, err := copilotcli.Find()
@@ -191,7 +192,7 @@ func connect(ctx context.Context, broker *actors.Broker, runtimeName, dialectNam
 			return nil, "", fmt.Errorf("no Copilot CLI (%w): run `make cli` or set COPILOT_CLI_PATH", err)
 		}
 		opts.CLIPath = path
-		c, err := sessions.Start(ctx, broker, opts)
+		c, err := client.Start(ctx, broker, opts)
 		if err != nil {
 			return nil, "", err
 		}

@@ -16,7 +16,7 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 	"go.uber.org/goleak"
 
-	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -14,7 +14,7 @@ import (
 
 	"github.com/sourcegraph/jsonrpc2"
 
-	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 )
 
 func TestConnectAndPing(t *testing.T) {

@@ -1,4 +1,4 @@
-package sessions_test
+package client_test
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
@@ -49,9 +50,9 @@ type script struct {
 	sends   int
 }
 
-func newScript(t *testing.T, opts ...sessions.ClientOptions) (*script, *sessions.Client, *actors.Broker) {
+func newScript(t *testing.T, opts ...client.Options) (*script, *client.Client, *actors.Broker) {
 	t.Helper()
-	opts = append(opts, sessions.ClientOptions{})
+	opts = append(opts, client.Options{})
 	b := actors.NewBroker(actors.Options{})
 	t.Cleanup(func() {
 		if err := b.Close(); err != nil {
@@ -65,7 +66,7 @@ func newScript(t *testing.T, opts ...sessions.ClientOptions) (*script, *sessions
 	t.Cleanup(func() { s.jc.Close(); <-s.jc.DisconnectNotify() })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := sessions.Connect(ctx, b, clientEnd, opts[0])
+	c, err := client.Connect(ctx, b, clientEnd, opts[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +229,7 @@ func keys(m map[string]any) []string {
 // Events reach Events in the order the runtime sent them, even in bursts.
 func TestClientEventOrder(t *testing.T) {
 	const n = 500
-	s, c, _ := newScript(t, sessions.ClientOptions{EventBuffer: n + 1})
+	s, c, _ := newScript(t, client.Options{EventBuffer: n + 1})
 	ctx := ctxT(t)
 	s.send = func(ctx context.Context, jc *jsonrpc2.Conn, session, msgID string) {
 		for i := range n {
@@ -259,7 +260,7 @@ func TestClientEventOrder(t *testing.T) {
 
 // An unread Events channel keeps the newest events and counts the rest.
 func TestClientEventsBounded(t *testing.T) {
-	s, c, _ := newScript(t, sessions.ClientOptions{EventBuffer: 4})
+	s, c, _ := newScript(t, client.Options{EventBuffer: 4})
 	ctx := ctxT(t)
 	const n = 100
 	s.send = func(ctx context.Context, jc *jsonrpc2.Conn, session, msgID string) {
@@ -309,14 +310,14 @@ func TestClientSessionErrorAndAbort(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = sess.SendAndWait(ctx, "a")
-	var se *sessions.SessionError
-	if !errors.Is(err, sessions.ErrSessionFailed) || !errors.As(err, &se) {
+	var se *client.SessionError
+	if !errors.Is(err, client.ErrSessionFailed) || !errors.As(err, &se) {
 		t.Fatalf("err = %v, want a SessionError", err)
 	}
 	if se.Type != "query" || !strings.Contains(se.Message, "credential broke") || se.SessionID != "err-1" {
 		t.Errorf("SessionError %+v", se)
 	}
-	if _, err := sess.SendAndWait(ctx, "b"); !errors.Is(err, sessions.ErrAborted) {
+	if _, err := sess.SendAndWait(ctx, "b"); !errors.Is(err, client.ErrAborted) {
 		t.Fatalf("aborted turn: err = %v", err)
 	}
 	if err := sess.Abort(ctx); err != nil {
@@ -338,7 +339,7 @@ func TestClientCreateRefused(t *testing.T) {
 	src := tokens.Static(tokens.Token{Value: "v"})
 	_, err := c.CreateSession(ctx, sessions.SessionConfig{SessionID: "refused-1", Provider: &sessions.ProviderConfig{BearerTokenSource: src}})
 	var rpcErr *jsonrpc2.Error
-	if !errors.Is(err, sessions.ErrRuntime) || !errors.As(err, &rpcErr) || rpcErr.Code != jsonrpc2.CodeInternalError {
+	if !errors.Is(err, client.ErrRuntime) || !errors.As(err, &rpcErr) || rpcErr.Code != jsonrpc2.CodeInternalError {
 		t.Fatalf("err = %v", err)
 	}
 	if n := c.Router().Len(); n != 0 {
@@ -380,10 +381,10 @@ func TestClientDestroy(t *testing.T) {
 	}
 	for range sess.Events() { // drains, then ends: the channel is closed
 	}
-	if _, err := sess.SendAndWait(ctx, "x"); !errors.Is(err, sessions.ErrSessionClosed) {
+	if _, err := sess.SendAndWait(ctx, "x"); !errors.Is(err, client.ErrSessionClosed) {
 		t.Errorf("SendAndWait after Destroy: %v", err)
 	}
-	if err := sess.Destroy(ctx); !errors.Is(err, sessions.ErrSessionClosed) {
+	if err := sess.Destroy(ctx); !errors.Is(err, client.ErrSessionClosed) {
 		t.Errorf("second Destroy: %v", err)
 	}
 }
@@ -420,7 +421,7 @@ func TestClientConnectionEnds(t *testing.T) {
 			} else {
 				c.Close()
 			}
-			if err := <-errc; !errors.Is(err, sessions.ErrClosed) {
+			if err := <-errc; !errors.Is(err, client.ErrClosed) {
 				t.Fatalf("err = %v, want ErrClosed", err)
 			}
 			<-c.Done()
@@ -428,7 +429,7 @@ func TestClientConnectionEnds(t *testing.T) {
 			if c.Router().Len() != 0 {
 				t.Error("routing still open")
 			}
-			if _, err := c.CreateSession(ctx, sessions.SessionConfig{}); !errors.Is(err, sessions.ErrClosed) {
+			if _, err := c.CreateSession(ctx, sessions.SessionConfig{}); !errors.Is(err, client.ErrClosed) {
 				t.Errorf("create after the end: %v", err)
 			}
 		})
@@ -439,7 +440,7 @@ func TestStartWithoutCLI(t *testing.T) {
 	t.Setenv("COPILOT_CLI_PATH", "")
 	b := actors.NewBroker(actors.Options{})
 	defer b.Close()
-	if _, err := sessions.Start(context.Background(), b, sessions.ClientOptions{}); !errors.Is(err, sessions.ErrNoCLI) {
+	if _, err := client.Start(context.Background(), b, client.Options{}); !errors.Is(err, client.ErrNoCLI) {
 		t.Fatalf("err = %v, want ErrNoCLI", err)
 	}
 }
@@ -459,7 +460,7 @@ func TestStartEnvironmentAndCleanup(t *testing.T) {
 	script := fmt.Sprintf(`env > %q; cat >/dev/null`, envFile)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err := sessions.Start(ctx, b, sessions.ClientOptions{CLIPath: "/bin/sh", Args: []string{"-c", script}, Env: []string{"EXTRA=1"}})
+	_, err := client.Start(ctx, b, client.Options{CLIPath: "/bin/sh", Args: []string{"-c", script}, Env: []string{"EXTRA=1"}})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want the handshake's deadline", err)
 	}

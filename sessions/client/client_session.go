@@ -1,4 +1,4 @@
-package sessions
+package client
 
 import (
 	"context"
@@ -35,10 +35,10 @@ func newSession(c *Client, id string, buffer int) *Session {
 func (s *Session) ID() string { return s.id }
 
 // Events delivers the session's events in the order the runtime sent them.
-// The channel holds ClientOptions.EventBuffer events; when the reader falls
+// The channel holds Options.EventBuffer events; when the reader falls
 // behind, the oldest unread event is dropped (see DroppedEvents), so an
 // unread channel costs bounded memory. It is closed when the session
-// closes. Nil when ClientOptions.EventBuffer is negative.
+// closes. Nil when Options.EventBuffer is negative.
 func (s *Session) Events() <-chan Event { return s.events }
 
 // DroppedEvents counts events dropped because Events was not read.
@@ -126,7 +126,7 @@ func (s *Session) SwitchModel(ctx context.Context, model string) error {
 		return err
 	}
 	if res.ModelID != "" && res.ModelID != model && !res.Deferred {
-		return fmt.Errorf("sessions: %s: runtime selected %q instead of %q", methodSwitchModel, res.ModelID, model)
+		return fmt.Errorf("client: %s: runtime selected %q instead of %q", methodSwitchModel, res.ModelID, model)
 	}
 	return nil
 }
@@ -148,7 +148,7 @@ func (s *Session) Destroy(ctx context.Context) error {
 		}
 		err = s.c.call(ctx, methodDestroy, map[string]any{"sessionId": s.id}, &res)
 		if err == nil && !res.Success {
-			err = fmt.Errorf("sessions: %s: the runtime does not know session %q", methodDestroy, s.id)
+			err = fmt.Errorf("client: %s: the runtime does not know session %q", methodDestroy, s.id)
 		}
 		s.c.forget(s, ErrSessionClosed)
 	})

@@ -1,4 +1,4 @@
-package sessions_test
+package client_test
 
 import (
 	"context"
@@ -10,20 +10,21 @@ import (
 	"testing"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/internal/fakemodel"
-	"github.com/tokenbroker/tokenbroker/internal/runtimesim"
 	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
 
 // connectSim serves rt on the runtime end of a pipe until the test ends and
 // returns a client connected to it.
-func connectSim(t *testing.T, b *actors.Broker, rt *runtimesim.Runtime) *sessions.Client {
+func connectSim(t *testing.T, b *actors.Broker, rt *runtimesim.Runtime) *client.Client {
 	t.Helper()
 	clientEnd, runtimeEnd := transport.Pipe()
 	serve(t, rt, runtimeEnd)
-	c, err := sessions.Connect(ctxT(t), b, clientEnd, sessions.ClientOptions{})
+	c, err := client.Connect(ctxT(t), b, clientEnd, client.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +146,7 @@ func TestClientOnSimulatorCredentialError(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = sess.SendAndWait(ctx, "hello")
-	var se *sessions.SessionError
+	var se *client.SessionError
 	if !errors.As(err, &se) || !strings.Contains(se.Message, "vault sealed") {
 		t.Fatalf("err = %v", err)
 	}
@@ -181,12 +182,12 @@ func TestClientOnSimulatorTCPResume(t *testing.T) {
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	dial := func() *sessions.Client {
+	dial := func() *client.Client {
 		conn, err := transport.Dial(ctx, ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := sessions.Connect(ctx, b, conn, sessions.ClientOptions{})
+		c, err := client.Connect(ctx, b, conn, client.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

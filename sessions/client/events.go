@@ -1,4 +1,4 @@
-package sessions
+package client
 
 import (
 	"encoding/json"
@@ -103,20 +103,20 @@ func decodeEvent(params *json.RawMessage) (Event, bool) {
 
 // Errors of the client, usable with errors.Is.
 var (
-	// ErrNoCLI: no runtime path in ClientOptions.CLIPath or COPILOT_CLI_PATH.
-	ErrNoCLI = errors.New("sessions: Copilot CLI not found: set ClientOptions.CLIPath or COPILOT_CLI_PATH")
+	// ErrNoCLI: no runtime path in Options.CLIPath or COPILOT_CLI_PATH.
+	ErrNoCLI = errors.New("client: Copilot CLI not found: set Options.CLIPath or COPILOT_CLI_PATH")
 	// ErrClosed: the client was closed or its runtime connection ended.
-	ErrClosed = errors.New("sessions: runtime client closed")
+	ErrClosed = errors.New("client: runtime client closed")
 	// ErrSessionClosed: the session was destroyed on this client.
-	ErrSessionClosed = errors.New("sessions: session closed")
+	ErrSessionClosed = errors.New("client: session closed")
 	// ErrRuntime: the runtime answered a request with a JSON-RPC error;
 	// errors.As to *jsonrpc2.Error gives its code.
-	ErrRuntime = errors.New("sessions: runtime refused the request")
+	ErrRuntime = errors.New("client: runtime refused the request")
 	// ErrSessionFailed: the turn ended with a session.error event; errors.As
 	// to *SessionError gives its type and message.
-	ErrSessionFailed = errors.New("sessions: session error")
+	ErrSessionFailed = errors.New("client: session error")
 	// ErrAborted: the turn was aborted before it completed.
-	ErrAborted = errors.New("sessions: turn aborted")
+	ErrAborted = errors.New("client: turn aborted")
 )
 
 // SessionError is a session.error event: the runtime's errorType (e.g.

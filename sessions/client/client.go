@@ -1,4 +1,9 @@
-package sessions
+// Package client drives a Copilot runtime over one JSON-RPC connection: it
+// spawns the Copilot CLI (Start) or connects to a runtime already listening
+// (Connect), creates and resumes sessions whose BYOK providers take their
+// tokens from sources on this side, and answers the runtime's token
+// requests for them on the same connection.
+package client
 
 import (
 	"context"
@@ -13,6 +18,7 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/sessions"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
 
@@ -24,9 +30,9 @@ var DefaultCLIArgs = []string{"--headless", "--no-auto-update", "--stdio", "--no
 // DefaultEventBuffer is how many unread events a session keeps.
 const DefaultEventBuffer = 64
 
-// ClientOptions configure Start and Connect. The zero value works for
+// Options configure Start and Connect. The zero value works for
 // Connect; Start needs a CLI path here or in COPILOT_CLI_PATH.
-type ClientOptions struct {
+type Options struct {
 	// CLIPath is the copilot binary. Empty: $COPILOT_CLI_PATH.
 	CLIPath string
 	// Args replace DefaultCLIArgs.
@@ -94,7 +100,7 @@ type Client struct {
 // Start spawns the Copilot CLI as a child process speaking on its stdio,
 // connects to it and performs the connect handshake within ctx. ctx bounds
 // the start only; the process lives until Close.
-func Start(ctx context.Context, broker *actors.Broker, opts ClientOptions) (*Client, error) {
+func Start(ctx context.Context, broker *actors.Broker, opts Options) (*Client, error) {
 	path := opts.CLIPath
 	if path == "" {
 		path = os.Getenv("COPILOT_CLI_PATH")
@@ -106,7 +112,7 @@ func Start(ctx context.Context, broker *actors.Broker, opts ClientOptions) (*Cli
 	if home == "" {
 		var err error
 		if home, err = os.MkdirTemp("", "copilot-home-"); err != nil {
-			return nil, fmt.Errorf("sessions: creating COPILOT_HOME: %w", err)
+			return nil, fmt.Errorf("client: creating COPILOT_HOME: %w", err)
 		}
 		ownHome = true
 	}
@@ -124,7 +130,7 @@ func Start(ctx context.Context, broker *actors.Broker, opts ClientOptions) (*Cli
 		if ownHome {
 			_ = os.RemoveAll(home)
 		}
-		return nil, fmt.Errorf("sessions: starting %s: %w", path, err)
+		return nil, fmt.Errorf("client: starting %s: %w", path, err)
 	}
 	c := newClient(ctx, broker, proc, opts)
 	c.proc, c.home, c.ownHome = proc, home, ownHome
@@ -138,7 +144,7 @@ func Start(ctx context.Context, broker *actors.Broker, opts ClientOptions) (*Cli
 // Connect drives a runtime already listening at the other end of rwc (a
 // TCP connection, or an in-memory pipe to a simulator) and performs the
 // connect handshake within ctx. The client owns rwc: Close closes it.
-func Connect(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser, opts ClientOptions) (*Client, error) {
+func Connect(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser, opts Options) (*Client, error) {
 	c := newClient(ctx, broker, rwc, opts)
 	if err := c.handshake(ctx); err != nil {
 		_ = c.Close()
@@ -147,7 +153,7 @@ func Connect(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser,
 	return c, nil
 }
 
-func newClient(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser, opts ClientOptions) *Client {
+func newClient(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser, opts Options) *Client {
 	c := &Client{
 		handler:  opts.Handler,
 		buffer:   opts.EventBuffer,
@@ -167,7 +173,7 @@ func newClient(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteClose
 }
 
 // dispatch receives what the token middleware does not answer: session
-// events go to their sessions, everything else to ClientOptions.Handler.
+// events go to their sessions, everything else to Options.Handler.
 func (c *Client) dispatch(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
 	if req.Notif && req.Method == methodSessionEvent {
 		if ev, ok := decodeEvent(req.Params); ok {
@@ -273,28 +279,28 @@ func (c *Client) Close() error {
 // CreateSession opens the session's token routing under a client-chosen
 // session id, then sends session.create with the rewritten config. Events
 // the runtime sends before it answers are kept for the session.
-func (c *Client) CreateSession(ctx context.Context, cfg SessionConfig) (*Session, error) {
+func (c *Client) CreateSession(ctx context.Context, cfg sessions.SessionConfig) (*Session, error) {
 	return c.open(ctx, methodCreate, cfg)
 }
 
 // ResumeSession re-attaches a session the runtime knows (created by this or
 // an earlier runtime process sharing its COPILOT_HOME). The runtime keeps no
 // provider configs, so cfg must carry them again, as for create.
-func (c *Client) ResumeSession(ctx context.Context, cfg SessionConfig) (*Session, error) {
+func (c *Client) ResumeSession(ctx context.Context, cfg sessions.SessionConfig) (*Session, error) {
 	if cfg.SessionID == "" {
-		return nil, errors.New("sessions: ResumeSession needs the SessionID")
+		return nil, errors.New("client: ResumeSession needs the SessionID")
 	}
 	return c.open(ctx, methodResume, cfg)
 }
 
-func (c *Client) open(ctx context.Context, method string, cfg SessionConfig) (*Session, error) {
+func (c *Client) open(ctx context.Context, method string, cfg sessions.SessionConfig) (*Session, error) {
 	c.mu.Lock()
 	closing := c.closing
 	c.mu.Unlock()
 	if closing {
 		return nil, ErrClosed
 	}
-	p, err := Open(c.router, cfg)
+	p, err := sessions.Open(c.router, cfg)
 	if err != nil {
 		if errors.Is(err, actors.ErrClosed) {
 			err = fmt.Errorf("%w: %w", ErrClosed, err)
@@ -317,7 +323,7 @@ func (c *Client) open(ctx context.Context, method string, cfg SessionConfig) (*S
 	}
 	err = c.call(ctx, method, p.Body, &res)
 	if err == nil && res.SessionID != p.SessionID {
-		err = fmt.Errorf("sessions: %s: runtime answered for session %q instead of %q", method, res.SessionID, p.SessionID)
+		err = fmt.Errorf("client: %s: runtime answered for session %q instead of %q", method, res.SessionID, p.SessionID)
 	}
 	if err != nil {
 		c.forget(s, ErrSessionClosed)
@@ -354,9 +360,9 @@ func (c *Client) call(ctx context.Context, method string, params, result any) er
 	case errors.As(err, &rpcErr):
 		return &callError{method: method, err: rpcErr}
 	case errors.Is(err, jsonrpc2.ErrClosed), errors.Is(err, io.ErrClosedPipe):
-		return fmt.Errorf("sessions: %s: %w", method, ErrClosed)
+		return fmt.Errorf("client: %s: %w", method, ErrClosed)
 	}
-	return fmt.Errorf("sessions: %s: %w", method, err)
+	return fmt.Errorf("client: %s: %w", method, err)
 }
 
 // callError is the runtime's error reply to method.
@@ -365,7 +371,7 @@ type callError struct {
 	err    *jsonrpc2.Error
 }
 
-func (e *callError) Error() string   { return "sessions: " + e.method + ": " + e.err.Message }
+func (e *callError) Error() string   { return "client: " + e.method + ": " + e.err.Message }
 func (e *callError) Unwrap() []error { return []error{ErrRuntime, e.err} }
 
 // Runtime methods the client calls.
