@@ -18,9 +18,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/leakscan"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
-	"github.com/tokenbroker/tokenbroker/tracing/leakscan"
 )
 
 // recorded is a broker whose spans and metrics are recorded in memory.

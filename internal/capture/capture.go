@@ -20,7 +20,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/tokenbroker/tokenbroker/tracing/leakscan"
+	"github.com/tokenbroker/tokenbroker/internal/leakscan"
 )
 
 // Capture bundles a Debug-level logger, a span recorder and a manual metric

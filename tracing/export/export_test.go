@@ -27,10 +27,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/leakscan"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
 	"github.com/tokenbroker/tokenbroker/tracing/export"
-	"github.com/tokenbroker/tokenbroker/tracing/leakscan"
 )
 
 func TestMain(m *testing.M) {

@@ -10,7 +10,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/tokenbroker/tokenbroker/tracing/leakscan"
+	"github.com/tokenbroker/tokenbroker/internal/leakscan"
 )
 
 const secret = `s3cr3t<&>"value`
