@@ -471,7 +471,9 @@ func testAbort(t *testing.T, cli string) {
 	var once sync.Once
 	free := func() { once.Do(func() { close(release) }) }
 	model, err := fakemodel.Start(fakemodel.Options{Reply: func(r fakemodel.Request) string {
-		if r.Prompt == "slow" {
+		// The CLI prefixes the user's text with context of its own
+		// (<current_datetime>…</current_datetime>).
+		if strings.HasSuffix(r.Prompt, "slow") {
 			<-release
 		}
 		return "quick"
