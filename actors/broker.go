@@ -39,6 +39,10 @@ type Options struct {
 	// RequestTimeout bounds each token request that must wait for its
 	// credential. Zero: DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// MaxConcurrentCalls bounds the credential calls running at once,
+	// across all credentials; calls beyond it wait their turn, credential
+	// by credential. Zero: DefaultMaxConcurrentCalls.
+	MaxConcurrentCalls int
 	// Clock and Rand replace the real clock and random draws in tests.
 	Clock tokens.Clock
 	Rand  func() float64
@@ -60,11 +64,14 @@ type Broker struct {
 	tracer  trace.Tracer
 	metrics *instruments
 
+	calls *callLimiter
+
 	ctx    context.Context // cancelled by Close: ends every credential call
 	cancel context.CancelFunc
+	shut   atomic.Bool // Close has begun: refusals say "broker closed"
 
 	live    sync.WaitGroup // actors spawned and not yet stopped
-	fetches sync.WaitGroup // credential calls in progress
+	running sync.WaitGroup // credential calls in progress
 
 	mu      sync.Mutex
 	closed  bool
@@ -97,6 +104,11 @@ func NewBroker(opts Options) *Broker {
 	if b.timeout <= 0 {
 		b.timeout = DefaultRequestTimeout
 	}
+	slots := opts.MaxConcurrentCalls
+	if slots <= 0 {
+		slots = DefaultMaxConcurrentCalls
+	}
+	b.calls = newCallLimiter(slots)
 	if b.clock == nil {
 		b.clock = tokens.SystemClock
 	}
@@ -131,9 +143,6 @@ func (b *Broker) Logger() *slog.Logger { return b.log }
 // Policy returns the refresh policy in force.
 func (b *Broker) Policy() tokens.Policy { return b.policy }
 
-// RequestTimeout returns the bound on a token request that waits.
-func (b *Broker) RequestTimeout() time.Duration { return b.timeout }
-
 // NewRouter returns the session registry of one runtime connection. Token
 // requests arriving on that connection must be answered through it and no
 // other: a session opened on one Router is unknown to every other.
@@ -164,6 +173,7 @@ func (b *Broker) Close() error {
 		return nil
 	}
 	b.closed = true
+	b.shut.Store(true)
 	routers := make([]*Router, 0, len(b.routers))
 	for r := range b.routers {
 		routers = append(routers, r)
@@ -183,7 +193,7 @@ func (b *Broker) Close() error {
 	b.cancel()
 	b.live.Wait()
 	var err error
-	if !waitTimeout(&b.fetches, closeTimeout) {
+	if !waitTimeout(&b.running, closeTimeout) {
 		err = fmt.Errorf("tokenbroker: credential calls still running %s after Close: a Source ignores its context", closeTimeout)
 	}
 	b.system.Shutdown()
@@ -202,6 +212,15 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 	case <-t.C:
 		return false
 	}
+}
+
+// closedError is the refusal of a request that what's closing ended; once
+// the broker is closing, that is the cause to name.
+func (b *Broker) closedError(what string) error {
+	if b.shut.Load() {
+		return closedError("broker")
+	}
+	return closedError(what)
 }
 
 func (b *Broker) forget(r *Router) {

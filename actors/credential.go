@@ -69,15 +69,15 @@ func (c *Credential) Token(ctx context.Context, _ tokens.Request) (tokens.Token,
 // Invalidate drops the cached token: the next request refreshes. Use it when
 // the provider rejects the token (a 401), or the runtime's retry of a 401
 // would be served the same rejected token from the cache.
-func (c *Credential) Invalidate() {
-	c.p.snap.Store(nil)
-	c.p.b.root.Send(c.pid, invalidate{})
-}
+func (c *Credential) Invalidate() { c.p.invalidate() }
 
-// Close stops the credential: its refreshes end and the sessions still using
-// it get errors. The broker closes every credential when it closes.
+// Close stops the credential: once it returns, no request gets its token;
+// its refreshes end and the sessions still using it get errors. The broker
+// closes every credential when it closes.
 func (c *Credential) Close() {
 	c.once.Do(func() {
+		c.p.closed.Store(true)
+		c.p.invalidate()
 		close(c.done)
 		b := c.p.b
 		b.mu.Lock()
