@@ -41,7 +41,9 @@ type Options struct {
 	RequestTimeout time.Duration
 	// MaxConcurrentCalls bounds the credential calls running at once,
 	// across all credentials; calls beyond it wait their turn, credential
-	// by credential. Zero: DefaultMaxConcurrentCalls.
+	// by credential, and no credential runs more than an eighth of them.
+	// A call's RefreshTimeout starts when it runs. Zero:
+	// DefaultMaxConcurrentCalls.
 	MaxConcurrentCalls int
 	// Clock and Rand replace the real clock and random draws in tests.
 	Clock tokens.Clock

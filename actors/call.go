@@ -59,7 +59,7 @@ func (b *Broker) runSource(p *provider, c callSpec, halt context.Context, starte
 
 	start := time.Now()
 	if err = b.calls.acquire(ctx, p); err == nil {
-		defer b.calls.release()
+		defer b.calls.release(p)
 		if started != nil {
 			started()
 		}

@@ -14,15 +14,19 @@ const DefaultMaxConcurrentCalls = 64
 // of credentials at once; without it, every one of them calls its identity
 // endpoint in the same second.
 //
-// Waiting calls queue per credential and the credentials take turns, so a
-// credential with many waiting calls (a source of bare tokens) or a slow
-// one cannot keep the others out: each gets the next free slot in turn.
+// It is fair across credentials: waiting calls queue per credential and
+// the credentials take turns at each free slot, and no credential runs
+// more than an eighth of the slots (only a source of bare tokens makes
+// more than one call at a time), so a slow or hung identity endpoint holds
+// a few slots at most while the others keep being served.
 type callLimiter struct {
-	mu      sync.Mutex
-	free    int
-	turns   []*callQueue // credentials with calls waiting, in turn order
-	queues  map[*provider]*callQueue
-	waiting int64
+	mu       sync.Mutex
+	free     int
+	perOwner int
+	running  map[*provider]int
+	turns    []*callQueue // credentials with calls waiting, in turn order
+	queues   map[*provider]*callQueue
+	waiting  int64
 }
 
 type callQueue struct {
@@ -36,19 +40,19 @@ type callWaiter struct {
 }
 
 func newCallLimiter(slots int) *callLimiter {
-	return &callLimiter{free: slots, queues: map[*provider]*callQueue{}}
+	return &callLimiter{
+		free:     slots,
+		perOwner: max(1, slots/8),
+		running:  map[*provider]int{},
+		queues:   map[*provider]*callQueue{},
+	}
 }
 
 // acquire waits for a slot for a call of owner, or for ctx to end. On nil
 // the caller must release the slot.
 func (l *callLimiter) acquire(ctx context.Context, owner *provider) error {
-	l.mu.Lock()
-	if l.free > 0 && len(l.turns) == 0 {
-		l.free--
-		l.mu.Unlock()
-		return nil
-	}
 	w := &callWaiter{ready: make(chan struct{})}
+	l.mu.Lock()
 	q := l.queues[owner]
 	if q == nil {
 		q = &callQueue{owner: owner}
@@ -57,6 +61,7 @@ func (l *callLimiter) acquire(ctx context.Context, owner *provider) error {
 	}
 	q.waiters = append(q.waiters, w)
 	l.waiting++
+	l.dispatch()
 	l.mu.Unlock()
 
 	select {
@@ -68,39 +73,58 @@ func (l *callLimiter) acquire(ctx context.Context, owner *provider) error {
 	defer l.mu.Unlock()
 	if w.granted {
 		// Handed a slot as ctx ended: pass it on.
-		l.handOver()
+		l.free++
+		l.done(owner)
 		return ctx.Err()
 	}
 	l.remove(q, w)
 	return ctx.Err()
 }
 
-// release frees a slot, handing it to the credential whose turn it is.
-func (l *callLimiter) release() {
+// release frees owner's slot for the credential whose turn it is.
+func (l *callLimiter) release(owner *provider) {
 	l.mu.Lock()
-	l.handOver()
-	l.mu.Unlock()
+	defer l.mu.Unlock()
+	l.free++
+	l.done(owner)
 }
 
-// handOver gives a free slot to the first waiter of the next credential in
-// turn, which then goes to the back of the line. Called with mu held.
-func (l *callLimiter) handOver() {
-	if len(l.turns) == 0 {
-		l.free++
-		return
+// done counts one call of owner less and hands out free slots. Called with
+// mu held.
+func (l *callLimiter) done(owner *provider) {
+	if l.running[owner]--; l.running[owner] == 0 {
+		delete(l.running, owner)
 	}
-	q := l.turns[0]
-	w := q.waiters[0]
-	q.waiters = q.waiters[1:]
-	l.turns = l.turns[1:]
-	if len(q.waiters) > 0 {
-		l.turns = append(l.turns, q)
-	} else {
-		delete(l.queues, q.owner)
+	l.dispatch()
+}
+
+// dispatch hands free slots to the first waiter of each credential in
+// turn, skipping credentials at their cap; a credential served goes to the
+// back of the line. Called with mu held.
+func (l *callLimiter) dispatch() {
+	for l.free > 0 {
+		i := 0
+		for i < len(l.turns) && l.running[l.turns[i].owner] >= l.perOwner {
+			i++
+		}
+		if i == len(l.turns) {
+			return
+		}
+		q := l.turns[i]
+		l.turns = append(l.turns[:i], l.turns[i+1:]...)
+		w := q.waiters[0]
+		q.waiters = q.waiters[1:]
+		if len(q.waiters) > 0 {
+			l.turns = append(l.turns, q)
+		} else {
+			delete(l.queues, q.owner)
+		}
+		l.free--
+		l.waiting--
+		l.running[q.owner]++
+		w.granted = true
+		close(w.ready)
 	}
-	l.waiting--
-	w.granted = true
-	close(w.ready)
 }
 
 // remove drops a waiter that gave up. Called with mu held.
