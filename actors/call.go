@@ -59,13 +59,17 @@ func (b *Broker) runSource(p *provider, c callSpec, halt context.Context, starte
 
 	start := time.Now()
 	if err = b.calls.acquire(ctx, p); err == nil {
-		defer b.calls.release(p)
 		if started != nil {
 			started()
 		}
 		callCtx, cancelCall := context.WithTimeout(ctx, b.policy.RefreshTimeout)
+		// The slot is free again when the call returns or its deadline
+		// passes: a Source that ignores its context must not keep it.
+		release := sync.OnceFunc(func() { b.calls.release(p) })
+		context.AfterFunc(callCtx, release)
 		tok, err = callSafely(callCtx, p.src, p.request(c.session))
 		err = b.callError(p, callCtx, tok, err)
+		release()
 		cancelCall()
 	} else {
 		err = b.closedError(p.closedWhat())

@@ -174,3 +174,28 @@ func coldStart(b *testing.B, limit, creds int) (int, float64) {
 	slices.Sort(took)
 	return fake.MaxInFlight(), float64(took[len(took)*99/100].Microseconds()) / 1000
 }
+
+// A Source that ignores its context holds its slot only until its
+// deadline: stuck calls cannot use up the limit.
+func TestStuckCallFreesItsSlotAtDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBroker(t, actors.Options{MaxConcurrentCalls: 1, RequestTimeout: time.Minute})
+		defer closeBroker(t, b)
+		release := make(chan struct{})
+		defer close(release) // before the broker closes
+		stuck := &fakeSource{fn: func(context.Context, int64, tokens.Request) (tokens.Token, error) {
+			<-release // ignores its context altogether
+			return tokens.Token{}, fmt.Errorf("late")
+		}}
+		r := b.NewRouter()
+		open(t, r, "stuck", actors.Provider{Name: "p", Source: stuck})
+		open(t, r, "ok", actors.Provider{Name: "p", Source: lived("t", time.Hour)})
+		go func() { _, _ = acquire(r, "stuck", "p") }()
+		synctest.Wait() // the stuck call holds the one slot
+		start := time.Now()
+		mustAcquire(t, r, "ok", "p")
+		if waited := time.Since(start); waited != b.Policy().RefreshTimeout {
+			t.Fatalf("the other credential waited %s for the slot, want the stuck call's deadline %s", waited, b.Policy().RefreshTimeout)
+		}
+	})
+}
