@@ -63,6 +63,8 @@ type Broker struct {
 	timeout time.Duration
 	clock   tokens.Clock
 	rand    func() float64
+	tp      trace.TracerProvider
+	mp      metric.MeterProvider
 	tracer  trace.Tracer
 	metrics *instruments
 
@@ -117,16 +119,15 @@ func NewBroker(opts Options) *Broker {
 	if b.rand == nil {
 		b.rand = tokens.RandomDraw
 	}
-	tp := opts.TracerProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
+	b.tp, b.mp = opts.TracerProvider, opts.MeterProvider
+	if b.tp == nil {
+		b.tp = otel.GetTracerProvider()
 	}
-	b.tracer = tp.Tracer(tracing.InstrumentationName)
-	mp := opts.MeterProvider
-	if mp == nil {
-		mp = otel.GetMeterProvider()
+	if b.mp == nil {
+		b.mp = otel.GetMeterProvider()
 	}
-	b.metrics = newInstruments(mp.Meter(tracing.InstrumentationName), b)
+	b.tracer = b.tp.Tracer(tracing.InstrumentationName)
+	b.metrics = newInstruments(b.mp.Meter(tracing.InstrumentationName), b)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	actorLog := slog.New(typesOnly{log.With("lib", "protoactor").Handler()})
 	b.system = actor.NewActorSystem(

@@ -217,7 +217,7 @@ func TestChaos(t *testing.T) {
 					method = transport.MethodAcquire
 				}
 				if rng.IntN(50) == 0 && r.src != nil {
-					_ = r.rt.client.Router.Invalidate(r.session, r.provider) // churn the cache
+					_ = r.rt.client.Router().Invalidate(r.session, r.provider) // churn the cache
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), chaosRequestTimeout+chaosSlack)
 				a := r.rt.ask(ctx, method, r.session, r.provider)
@@ -315,7 +315,7 @@ func TestChaos(t *testing.T) {
 	unstick()
 	for _, rt := range runtimes {
 		rt.hangUp()
-		hardEventually(t, "connection's router closing", func() bool { return rt.client.Router.Len() == 0 })
+		hardEventually(t, "connection's router closing", func() bool { return rt.client.Router().Len() == 0 })
 	}
 	w.eventually("session actors stopping", func() bool { return w.gauge(hardActiveSessions) == 0 })
 	if n := w.gauge(hardActiveProviders); n != int64(len(shared)) {

@@ -83,7 +83,7 @@ func TestConnFaultDisconnectMidRequest(t *testing.T) {
 					t.Errorf("request on the dead connection answered: %s", ans)
 				}
 			}
-			hardEventually(t, "dead connection's router closing", func() bool { return a.client.Router.Len() == 0 })
+			hardEventually(t, "dead connection's router closing", func() bool { return a.client.Router().Len() == 0 })
 			// The per-session credential call is cancelled: nobody can
 			// use its result.
 			hardWaitCancelled(t, "the per-session credential call of the dead connection", own.ended)
@@ -173,7 +173,7 @@ func TestConnFaultReconnect(t *testing.T) {
 			}
 		}
 		rt.hangUp()
-		hardEventually(t, "router closing", func() bool { return rt.client.Router.Len() == 0 })
+		hardEventually(t, "router closing", func() bool { return rt.client.Router().Len() == 0 })
 	}
 	if n := sharedSrc.calls.Load(); n != 1 {
 		t.Errorf("shared credential called %d times over 5 reconnects, want 1", n)
@@ -202,7 +202,7 @@ func TestConnFaultSessionClosedInFlight(t *testing.T) {
 	hardWait(t, "shared credential called", sharedSrc.started)
 	hardWaitHandled(t, w, 8)
 
-	if err := rt.client.Router.CloseSession("doomed"); err != nil {
+	if err := rt.client.Router().CloseSession("doomed"); err != nil {
 		t.Fatal(err)
 	}
 	for _, ans := range append(hardCollect(t, "doomed/own", doomedOwn, 3), hardCollect(t, "doomed/mi", doomedShared, 3)...) {

@@ -311,7 +311,7 @@ func (rt *hardRuntime) noteError(e *jsonrpc2.Error) {
 // open registers a session on the runtime's client connection.
 func (rt *hardRuntime) open(id string, providers ...actors.Provider) {
 	rt.w.t.Helper()
-	if err := rt.client.Router.Open(id, providers); err != nil {
+	if err := rt.client.Router().Open(id, providers); err != nil {
 		rt.w.t.Fatalf("Open %q: %v", id, err)
 	}
 }

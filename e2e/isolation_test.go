@@ -48,7 +48,7 @@ func TestIsolationAcrossConnectionsAndSessions(t *testing.T) {
 		}
 	}
 	// Closing b's "s" leaves a's alone.
-	if err := b.client.Router.CloseSession("s"); err != nil {
+	if err := b.client.Router().CloseSession("s"); err != nil {
 		t.Fatal(err)
 	}
 	if ans := a.ask(ctx, transport.MethodGetToken, "s", "p"); hardCode(ans) != 0 || !aSrc.owns(ans.token) {
@@ -115,7 +115,7 @@ func TestIsolationTenantsUnderLoad(t *testing.T) {
 			for range 150 {
 				r := routes[rng.IntN(len(routes))]
 				if rng.IntN(20) == 0 {
-					_ = r.rt.client.Router.Invalidate(r.session, r.provider)
+					_ = r.rt.client.Router().Invalidate(r.session, r.provider)
 				}
 				method := []string{transport.MethodGetToken, transport.MethodAcquire}[rng.IntN(2)]
 				ctx, cancel := context.WithTimeout(context.Background(), hardSettle)

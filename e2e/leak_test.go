@@ -38,7 +38,7 @@ func TestLeakSessionAndConnectionCycles(t *testing.T) {
 			defer wg.Done()
 			for i := range cycles / len(conns) {
 				id := fmt.Sprintf("c%d-%d", ci, i)
-				if err := rt.client.Router.Open(id, []actors.Provider{{Name: "own", Source: own}, {Name: "mi", Source: shared}}); err != nil {
+				if err := rt.client.Router().Open(id, []actors.Provider{{Name: "own", Source: own}, {Name: "mi", Source: shared}}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -50,7 +50,7 @@ func TestLeakSessionAndConnectionCycles(t *testing.T) {
 						}
 					}
 				}
-				if err := rt.client.Router.CloseSession(id); err != nil {
+				if err := rt.client.Router().CloseSession(id); err != nil {
 					t.Error(err)
 					return
 				}
@@ -59,7 +59,7 @@ func TestLeakSessionAndConnectionCycles(t *testing.T) {
 	}
 	wg.Wait()
 	for _, rt := range conns {
-		if n := rt.client.Router.Len(); n != 0 {
+		if n := rt.client.Router().Len(); n != 0 {
 			t.Errorf("router holds %d sessions after closing them all", n)
 		}
 	}
@@ -124,7 +124,7 @@ func TestLeakBrokerCloseWaitsForEverything(t *testing.T) {
 				t.Errorf("request pending at Close: %s, want a closed error", a)
 			}
 		}
-		if err := rt.client.Router.Open("late", []actors.Provider{{Name: "p", Source: own}}); err == nil {
+		if err := rt.client.Router().Open("late", []actors.Provider{{Name: "p", Source: own}}); err == nil {
 			t.Error("Open succeeded on a closed broker")
 		}
 	})

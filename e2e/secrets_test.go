@@ -188,7 +188,7 @@ func TestSecretsLateTokenOfClosedSession(t *testing.T) {
 		rt.open(id, actors.Provider{Name: "p", Source: src}, actors.Provider{Name: "bare", Source: src})
 		pending := hardInflight(rt, 2, transport.MethodGetToken, id, "p")
 		hardWait(t, "credential called", src.started)
-		if err := rt.client.Router.CloseSession(id); err != nil {
+		if err := rt.client.Router().CloseSession(id); err != nil {
 			t.Fatal(err)
 		}
 		for _, a := range hardCollect(t, "closed session", pending, 2) {

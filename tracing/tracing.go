@@ -10,9 +10,10 @@ import "go.opentelemetry.io/otel/attribute"
 const InstrumentationName = "github.com/tokenbroker/tokenbroker"
 
 // Span names. A token request span is named after its JSON-RPC method
-// (providerToken.acquire or providerToken.getToken).
+// (providerToken.acquire or providerToken.getToken), or SpanCallback.
 const (
-	SpanRefresh = "tokenbroker.refresh"
+	SpanRefresh  = "tokenbroker.refresh"
+	SpanCallback = "tokenbroker.callback" // a request through the official SDK's token callback
 )
 
 // Attribute keys. None of them ever carries a token value.
@@ -37,6 +38,13 @@ const (
 	OutcomeRefreshed = "refreshed"
 	OutcomeBare      = "bare"
 	OutcomeError     = "error"
+)
+
+// Values of Dialect: the door a token request came through.
+const (
+	DialectAcquire  = "providerToken.acquire"
+	DialectGetToken = "providerToken.getToken"
+	DialectCallback = "callback" // the official SDK's BearerTokenProvider
 )
 
 // Values of RefreshOutcome, and of Outcome on refresh metrics.

@@ -122,7 +122,7 @@ func brokerEndpoint(b *testing.B, dial dialer, tp trace.TracerProvider, mp metri
 		Options: transport.Options{TracerProvider: tp, MeterProvider: mp},
 	})
 	src := tokens.Static(tokens.Token{Value: "bench-token-value", ExpiresOn: time.Now().Add(24 * time.Hour)})
-	if err := conn.Router.Open(params.SessionID, []actors.Provider{{Name: params.ProviderName, Source: src}}); err != nil {
+	if err := conn.Router().Open(params.SessionID, []actors.Provider{{Name: params.ProviderName, Source: src}}); err != nil {
 		b.Fatal(err)
 	}
 	rt := runtimeSide(runtime)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -106,12 +107,29 @@ func readFrame(r *bufio.Reader, limit int) ([]byte, error) {
 	if length < 0 {
 		return nil, fmt.Errorf("%w: no Content-Length", ErrBadFrame)
 	}
-	body := make([]byte, length)
-	if _, err := io.ReadFull(r, body); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
+	return readBody(r, length)
+}
+
+// firstBodyChunk is what a body gets before its bytes arrive.
+const firstBodyChunk = 64 << 10
+
+// readBody reads n bytes, growing the buffer as they arrive (at most
+// doubling it each time), so a header announcing a large body makes us hold
+// no more than about twice what the peer actually sent.
+func readBody(r *bufio.Reader, n int) ([]byte, error) {
+	body := make([]byte, 0, min(n, firstBodyChunk))
+	for len(body) < n {
+		if len(body) == cap(body) {
+			body = slices.Grow(body, min(n-len(body), len(body)))
 		}
-		return nil, err
+		m, err := r.Read(body[len(body):min(cap(body), n)])
+		body = body[:len(body)+m]
+		if err != nil && len(body) < n {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
 	}
 	return body, nil
 }

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/sourcegraph/jsonrpc2"
 
@@ -142,6 +143,48 @@ func TestCodecOversizeFrameIsNotAllocated(t *testing.T) {
 	t.Logf("bytes allocated per refused %d-byte frame: %d", limit+1, perRun)
 	if perRun > 64<<10 {
 		t.Fatalf("refusing an oversize frame allocated %d bytes", perRun)
+	}
+}
+
+// A header announcing a large body does not make the reader hold that much
+// before the bytes arrive: 8 frames announcing 16 MiB each, whose peers
+// sent 1 KiB of body and stopped, used to hold 128 MiB.
+func TestCodecAnnouncedBodyIsNotAllocatedUpFront(t *testing.T) {
+	const announced, sent, frames = DefaultMaxFrameSize, 1 << 10, 8
+	in := "Content-Length: " + itoa(announced) + "\r\n\r\n" + strings.Repeat(" ", sent)
+	var ms0, ms1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms0)
+	for range frames {
+		var m json.RawMessage
+		if err := (Codec{}).ReadObject(bufio.NewReader(strings.NewReader(in)), &m); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("truncated body: %v, want %v", err, io.ErrUnexpectedEOF)
+		}
+	}
+	runtime.ReadMemStats(&ms1)
+	perFrame := (ms1.TotalAlloc - ms0.TotalAlloc) / frames
+	t.Logf("bytes allocated per frame announcing %d bytes and sending %d: %d", announced, sent, perFrame)
+	if perFrame > 256<<10 {
+		t.Fatalf("a frame announcing %d bytes and sending %d allocated %d bytes", announced, sent, perFrame)
+	}
+}
+
+// A large body that arrives in small pieces is read whole: the buffer grows
+// as it fills, across many reads.
+func TestCodecLargeBodyInPieces(t *testing.T) {
+	param := strings.Repeat("abcdefghij", 300_000) // 3 MB, several doublings past the first chunk
+	msg := map[string]any{"jsonrpc": "2.0", "id": 7, "method": "x", "params": map[string]string{"p": param}}
+	var buf bytes.Buffer
+	if err := (Codec{}).WriteObject(&buf, msg); err != nil {
+		t.Fatal(err)
+	}
+	var req jsonrpc2.Request
+	if err := (Codec{}).ReadObject(bufio.NewReader(iotest.HalfReader(&buf)), &req); err != nil {
+		t.Fatal(err)
+	}
+	var p map[string]string
+	if err := json.Unmarshal(*req.Params, &p); err != nil || p["p"] != param || req.Method != "x" {
+		t.Fatalf("large body read back wrong: method %q, %d bytes of param, %v", req.Method, len(p["p"]), err)
 	}
 }
 

@@ -12,16 +12,43 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
 
 	"github.com/tokenbroker/tokenbroker/actors"
 )
 
-// ConnOptions configure NewConn.
+// Defaults of ConnOptions.
+const (
+	// DefaultMaxInFlight caps the requests a connection answers at once.
+	// The runtime sends at most one token request per model request per
+	// session, so 1024 lets every session of a busy connection wait on a
+	// slow credential together, while a runtime that stops reading its
+	// replies holds at most 1024 goroutines (a few KiB of stack each).
+	DefaultMaxInFlight = 1024
+	// DefaultWriteTimeout bounds one write to the runtime. A healthy runtime
+	// reads its replies within milliseconds; one that has not read for 30 s
+	// is stuck, and its connection ends.
+	DefaultWriteTimeout = 30 * time.Second
+)
+
+// ErrWriteTimeout is why a connection ended when the runtime stopped
+// reading: a write did not complete within ConnOptions.WriteTimeout.
+var ErrWriteTimeout = errors.New("transport: runtime did not read within the write timeout")
+
+// ConnOptions configure NewConn. Logger, TracerProvider and MeterProvider
+// left nil are the broker's.
 type ConnOptions struct {
 	Options
 	MaxFrameSize int // 0: DefaultMaxFrameSize
+	// MaxInFlight caps the requests being answered at once. At the cap the
+	// connection stops reading until one is answered, which pushes back on
+	// the runtime instead of failing requests. 0: DefaultMaxInFlight.
+	MaxInFlight int
+	// WriteTimeout bounds each write to the runtime; when it passes, the
+	// connection ends as if its framing broke. 0: DefaultWriteTimeout.
+	WriteTimeout time.Duration
 }
 
 // Conn is a runtime connection whose token requests are answered from its
@@ -29,10 +56,12 @@ type ConnOptions struct {
 // closes: its sessions stop and their pending requests fail.
 type Conn struct {
 	*jsonrpc2.Conn
-	Router *actors.Router
 
+	router   *actors.Router
+	rwc      *writeBound
 	tokens   jsonrpc2.Handler
 	next     jsonrpc2.Handler
+	slots    chan struct{} // one per request being answered
 	mu       sync.Mutex
 	closed   bool
 	inflight sync.WaitGroup // request goroutines
@@ -42,44 +71,74 @@ type Conn struct {
 // NewConn starts serving rwc: token requests go to a new Router of broker,
 // everything else to next.
 //
-// Requests each run in their own goroutine, so a slow credential never
-// stalls the connection and a handler may call the runtime back.
-// Notifications are handed to next in arrival order on the connection's
-// read loop (a runtime's events must not overtake each other), so next must
-// not block on them.
+// Requests each run in their own goroutine, at most MaxInFlight at once,
+// so a slow credential never stalls the connection and a handler may call
+// the runtime back. Notifications are handed to next in arrival order on the
+// connection's read loop (a runtime's events must not overtake each other),
+// so next must not block on them.
 func NewConn(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser, next jsonrpc2.Handler, opts ConnOptions) *Conn {
 	if opts.Logger == nil {
 		opts.Logger = broker.Logger()
 	}
-	c := &Conn{Router: broker.NewRouter(), next: next, watched: make(chan struct{})}
-	c.tokens = TokenHandler(c.Router, next, opts.Options)
-	stream := NewStream(rwc, Codec{MaxFrameSize: opts.MaxFrameSize, Logger: opts.Logger})
+	if opts.TracerProvider == nil {
+		opts.TracerProvider = broker.TracerProvider()
+	}
+	if opts.MeterProvider == nil {
+		opts.MeterProvider = broker.MeterProvider()
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	c := &Conn{router: broker.NewRouter(), next: next, slots: make(chan struct{}, opts.MaxInFlight), watched: make(chan struct{})}
+	c.tokens = TokenHandler(c.router, next, opts.Options)
+	c.rwc = boundWrites(rwc, opts.WriteTimeout, opts.Logger)
+	stream := NewStream(c.rwc, Codec{MaxFrameSize: opts.MaxFrameSize, Logger: opts.Logger})
 	// The connection outlives the ctx of the call that made it.
 	c.Conn = jsonrpc2.NewConn(context.WithoutCancel(ctx), stream, HandlerFunc(c.handle), jsonrpc2.SetLogger(slogAdapter{opts.Logger}))
 	go func() {
 		defer close(c.watched)
 		<-c.Conn.DisconnectNotify()
-		c.Router.Close()
+		c.router.Close()
 	}()
 	return c
 }
 
+// Router returns the connection's session registry.
+func (c *Conn) Router() *actors.Router { return c.router }
+
+// handle runs on the read loop, so blocking here for a free slot is what
+// stops reading at the cap. ctx ends when the connection is closed; a write
+// timeout ends the wait too, so that the read loop finds the stream closed.
 func (c *Conn) handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
-	if req.Notif && req.Method != MethodAcquire && req.Method != MethodGetToken {
+	if _, token := tokenDialect(req.Method); req.Notif && !token {
 		if c.next != nil {
 			c.next.Handle(ctx, conn, req)
 		}
 		return
 	}
+	select {
+	case c.slots <- struct{}{}:
+	case <-ctx.Done():
+		return
+	case <-c.rwc.expired:
+		return
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
+		<-c.slots
 		return
 	}
 	c.inflight.Add(1)
 	c.mu.Unlock()
 	go func() {
-		defer c.inflight.Done()
+		defer func() {
+			<-c.slots
+			c.inflight.Done()
+		}()
 		c.tokens.Handle(ctx, conn, req)
 	}()
 }
@@ -101,6 +160,51 @@ func (c *Conn) Close() error {
 
 // Done is closed when the connection has ended and its sessions are closed.
 func (c *Conn) Done() <-chan struct{} { return c.watched }
+
+// writeBound closes the connection when one write does not complete within
+// timeout: a runtime that stops reading would otherwise hold every request
+// goroutine, and the memory they hold, forever. One timer serves every write
+// (the stream writes one at a time) and works on any ReadWriteCloser, with
+// or without deadlines: closing is what unblocks the write.
+type writeBound struct {
+	io.ReadWriteCloser
+	timeout time.Duration
+	timer   *time.Timer
+	expired chan struct{} // closed when a write overran
+	once    sync.Once
+	log     *slog.Logger
+}
+
+func boundWrites(rwc io.ReadWriteCloser, timeout time.Duration, log *slog.Logger) *writeBound {
+	w := &writeBound{ReadWriteCloser: rwc, timeout: timeout, expired: make(chan struct{}), log: log}
+	w.timer = time.AfterFunc(timeout, w.expire)
+	w.timer.Stop()
+	return w
+}
+
+func (w *writeBound) Write(p []byte) (int, error) {
+	select {
+	case <-w.expired:
+		return 0, ErrWriteTimeout
+	default:
+	}
+	w.timer.Reset(w.timeout)
+	n, err := w.ReadWriteCloser.Write(p)
+	if !w.timer.Stop() {
+		return n, fmt.Errorf("%w (%s): %w", ErrWriteTimeout, w.timeout, err)
+	}
+	return n, err
+}
+
+// expire may race with a write that completed just in time, and with the
+// next write's timer; the connection ends once.
+func (w *writeBound) expire() {
+	w.once.Do(func() {
+		w.log.Warn("tokenbroker: closing the runtime connection", "error", ErrWriteTimeout.Error(), "timeout", w.timeout)
+		close(w.expired)
+		_ = w.ReadWriteCloser.Close()
+	})
+}
 
 // HandlerFunc adapts a function to jsonrpc2.Handler, as http.HandlerFunc
 // does for net/http.

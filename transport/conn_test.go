@@ -6,8 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"runtime"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
@@ -139,7 +143,7 @@ func TestConnRouterClosesWhenRuntimeDisconnects(t *testing.T) {
 	verifyNoLeaks(t)
 	b := newTestBroker(t, actors.Options{})
 	rt := dial(t, b, ConnOptions{}, nil)
-	if err := rt.client.Router.Open("s", []actors.Provider{{Name: "p", Source: staticSource("t1")}}); err != nil {
+	if err := rt.client.Router().Open("s", []actors.Provider{{Name: "p", Source: staticSource("t1")}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := rt.token(context.Background(), MethodGetToken, "s", "p"); err != nil {
@@ -147,8 +151,8 @@ func TestConnRouterClosesWhenRuntimeDisconnects(t *testing.T) {
 	}
 	_ = rt.Close()
 	waitFor(t, "client side noticing the disconnect", rt.client.DisconnectNotify())
-	eventually(t, "router closing", func() bool { return rt.client.Router.Len() == 0 })
-	if err := rt.client.Router.Open("s2", []actors.Provider{{Name: "p", Source: staticSource("t2")}}); !errors.Is(err, actors.ErrClosed) {
+	eventually(t, "router closing", func() bool { return rt.client.Router().Len() == 0 })
+	if err := rt.client.Router().Open("s2", []actors.Provider{{Name: "p", Source: staticSource("t2")}}); !errors.Is(err, actors.ErrClosed) {
 		t.Fatalf("Open on a dead connection: %v", err)
 	}
 }
@@ -161,10 +165,10 @@ type rawPeer struct {
 	done    chan struct{} // closed when the client side closed the pipe
 }
 
-func dialRaw(t *testing.T, b *actors.Broker, opts ConnOptions) (*Conn, *rawPeer) {
+func dialRaw(t *testing.T, b *actors.Broker, opts ConnOptions, next jsonrpc2.Handler) (*Conn, *rawPeer) {
 	t.Helper()
 	clientEnd, runtimeEnd := Pipe()
-	client := NewConn(context.Background(), b, clientEnd, nil, opts)
+	client := NewConn(context.Background(), b, clientEnd, next, opts)
 	p := &rawPeer{w: runtimeEnd, replies: make(chan json.RawMessage, 64), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
@@ -227,14 +231,14 @@ func TestConnBadFramingClosesConnection(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			verifyNoLeaks(t)
 			b := newTestBroker(t, actors.Options{})
-			client, peer := dialRaw(t, b, ConnOptions{MaxFrameSize: 1 << 10})
-			if err := client.Router.Open("s", []actors.Provider{{Name: "p", Source: staticSource("t")}}); err != nil {
+			client, peer := dialRaw(t, b, ConnOptions{MaxFrameSize: 1 << 10}, nil)
+			if err := client.Router().Open("s", []actors.Provider{{Name: "p", Source: staticSource("t")}}); err != nil {
 				t.Fatal(err)
 			}
 			go peer.write(in)
 			waitFor(t, "connection closing", client.DisconnectNotify())
 			waitFor(t, "pipe closing", peer.done)
-			eventually(t, "router closing", func() bool { return client.Router.Len() == 0 })
+			eventually(t, "router closing", func() bool { return client.Router().Len() == 0 })
 		})
 	}
 }
@@ -245,8 +249,8 @@ func TestConnBadFramingClosesConnection(t *testing.T) {
 func TestConnSkipsBodiesThatAreNotMessages(t *testing.T) {
 	verifyNoLeaks(t)
 	b := newTestBroker(t, actors.Options{})
-	client, peer := dialRaw(t, b, ConnOptions{})
-	if err := client.Router.Open("s", []actors.Provider{{Name: "p", Source: staticSource("tok-skip")}}); err != nil {
+	client, peer := dialRaw(t, b, ConnOptions{}, nil)
+	if err := client.Router().Open("s", []actors.Provider{{Name: "p", Source: staticSource("tok-skip")}}); err != nil {
 		t.Fatal(err)
 	}
 	junk := []string{
@@ -284,8 +288,8 @@ func TestConnSkipsBodiesThatAreNotMessages(t *testing.T) {
 func TestConnEchoesRequestIDs(t *testing.T) {
 	verifyNoLeaks(t)
 	b := newTestBroker(t, actors.Options{})
-	client, peer := dialRaw(t, b, ConnOptions{})
-	if err := client.Router.Open("s", []actors.Provider{{Name: "p", Source: staticSource("tok-id")}}); err != nil {
+	client, peer := dialRaw(t, b, ConnOptions{}, nil)
+	if err := client.Router().Open("s", []actors.Provider{{Name: "p", Source: staticSource("tok-id")}}); err != nil {
 		t.Fatal(err)
 	}
 	params := `"params":{"sessionId":"s","providerName":"p"}`
@@ -320,7 +324,7 @@ func TestConnSlowCredentialDoesNotBlockConnection(t *testing.T) {
 	b := newTestBroker(t, actors.Options{RequestTimeout: time.Hour})
 	rt := dial(t, b, ConnOptions{}, nil)
 	slow := newBlockingSource("tok-slow")
-	err := rt.client.Router.Open("s", []actors.Provider{{Name: "slow", Source: slow}, {Name: "fast", Source: staticSource("tok-fast")}})
+	err := rt.client.Router().Open("s", []actors.Provider{{Name: "slow", Source: slow}, {Name: "fast", Source: staticSource("tok-fast")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,4 +343,211 @@ func TestConnSlowCredentialDoesNotBlockConnection(t *testing.T) {
 	}
 	close(slow.release)
 	wg.Wait()
+}
+
+// At MaxInFlight requests being answered the connection stops reading: the
+// next messages wait in the runtime's pipe (a notification behind them is
+// not delivered either) until an answer frees a slot, and nothing is
+// refused meanwhile. The runtime side is raw frames from one goroutine: a
+// second writer would wait on a mutex, which synctest cannot wait out.
+func TestConnInFlightCapStopsReading(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const limit, calls = 4, 10
+		release := make(chan struct{})
+		var running, peak atomic.Int32
+		notified := make(chan struct{}, 1)
+		next := HandlerFunc(func(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+			if req.Notif {
+				notified <- struct{}{}
+				return
+			}
+			n := running.Add(1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+			<-release
+			running.Add(-1)
+			_ = conn.Reply(ctx, req.ID, "done")
+		})
+		b := actors.NewBroker(actors.Options{})
+		client, peer := dialRaw(t, b, ConnOptions{MaxInFlight: limit}, next)
+		go func() {
+			for i := range calls {
+				peer.write(frame(`{"jsonrpc":"2.0","id":` + strconv.Itoa(i) + `,"method":"work"}`))
+			}
+			peer.write(frame(`{"jsonrpc":"2.0","method":"event"}`))
+		}()
+		synctest.Wait()
+		if n := running.Load(); n != limit {
+			t.Errorf("%d requests being answered at the cap, want %d", n, limit)
+		}
+		select {
+		case <-notified:
+			t.Error("a notification behind the capped requests was read")
+		default:
+		}
+
+		close(release)
+		for range calls {
+			if r := peer.reply(t); r["result"] != "done" {
+				t.Errorf("reply %v", r)
+			}
+		}
+		synctest.Wait()
+		if p := peak.Load(); p != limit {
+			t.Errorf("at most %d requests answered at once, want %d", p, limit)
+		}
+		select {
+		case <-notified:
+		default:
+			t.Error("notification not delivered once slots freed")
+		}
+		_ = client.Close()
+		if err := b.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// A runtime that stops reading its replies cannot hold more than a bounded
+// amount of memory on our side: 100,000 token requests sent without reading
+// a reply leave at most MaxInFlight requests in progress, heap plus
+// goroutine stacks stay under memBound, and once the runtime reads again
+// every request is answered and the connection serves on.
+func TestConnUnreadRepliesUseBoundedMemory(t *testing.T) {
+	const requests = 100_000
+	const memBound = 64 << 20 // documented in BENCHMARKS.md
+	verifyNoLeaks(t)
+	b := newTestBroker(t, actors.Options{})
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	clientEnd, runtimeEnd := Pipe()
+	client := NewConn(context.Background(), b, clientEnd, nil, ConnOptions{})
+	t.Cleanup(func() {
+		_ = runtimeEnd.Close()
+		_ = client.Close()
+	})
+	if err := client.Router().Open("s", []actors.Provider{{Name: "p", Source: staticSource("tok-mem")}}); err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	var sent atomic.Int64
+	go func() {
+		w := bufio.NewWriter(runtimeEnd)
+		for id := range requests {
+			if _, err := w.WriteString(frame(`{"jsonrpc":"2.0","id":` + strconv.Itoa(id) + `,"method":"providerToken.getToken","params":{"sessionId":"s","providerName":"p"}}`)); err != nil {
+				wrote <- err
+				return
+			}
+			sent.Add(1)
+		}
+		wrote <- w.Flush()
+	}()
+	// Measure once the runtime's writes stall (or, were nothing capped, all
+	// went through). Stalling early on a busy machine only measures less.
+	last := int64(-1)
+	eventually(t, "the runtime's writes stalling", func() bool {
+		time.Sleep(100 * time.Millisecond)
+		n := sent.Load()
+		stalled := n == last || n == requests
+		last = n
+		return stalled
+	})
+
+	var stuck runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&stuck)
+	held := int64(stuck.HeapInuse+stuck.StackInuse) - int64(before.HeapInuse+before.StackInuse)
+	t.Logf("held with %d requests sent, %d in flight: heap %+d KiB, stacks %+d KiB, goroutines %d",
+		sent.Load(), len(client.slots), (int64(stuck.HeapInuse)-int64(before.HeapInuse))>>10, (int64(stuck.StackInuse)-int64(before.StackInuse))>>10, runtime.NumGoroutine())
+	if held > memBound {
+		t.Errorf("a runtime not reading its replies made the connection hold %d MiB, bound %d MiB", held>>20, memBound>>20)
+	}
+
+	r := bufio.NewReader(runtimeEnd)
+	readReply := func() {
+		var m struct {
+			Result struct{ Token string }
+			Error  *jsonrpc2.Error
+		}
+		if err := (Codec{}).ReadObject(r, &m); err != nil || m.Result.Token != "tok-mem" {
+			t.Fatalf("reply: %+v %v", m, err)
+		}
+	}
+	for range requests {
+		readReply()
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(runtimeEnd, frame(`{"jsonrpc":"2.0","id":"again","method":"providerToken.getToken","params":{"sessionId":"s","providerName":"p"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	readReply()
+}
+
+// A runtime that never reads its replies ends the connection after
+// WriteTimeout, and its sessions stop, as for broken framing: over a
+// net.Pipe and over a pair of io.Pipes (no deadlines, like a plain stdio
+// ReadWriteCloser).
+func TestConnWriteTimeoutEndsConnection(t *testing.T) {
+	for name, pipe := range map[string]func() (io.ReadWriteCloser, io.ReadWriteCloser){
+		"net.Pipe": Pipe,
+		"io.Pipe":  ioPipes,
+	} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := actors.NewBroker(actors.Options{})
+				clientEnd, runtimeEnd := pipe()
+				client := NewConn(context.Background(), b, clientEnd, nil, ConnOptions{})
+				if err := client.Router().Open("s", []actors.Provider{{Name: "p", Source: staticSource("tok-unread")}}); err != nil {
+					t.Fatal(err)
+				}
+				go func() {
+					_, _ = io.WriteString(runtimeEnd, frame(`{"jsonrpc":"2.0","id":1,"method":"providerToken.getToken","params":{"sessionId":"s","providerName":"p"}}`))
+				}()
+				start := time.Now()
+				time.Sleep(DefaultWriteTimeout - time.Millisecond)
+				synctest.Wait()
+				select {
+				case <-client.Done():
+					t.Errorf("connection ended after %s, before its write timeout", time.Since(start))
+				default:
+				}
+				time.Sleep(2 * time.Millisecond)
+				synctest.Wait()
+				select {
+				case <-client.Done():
+				default:
+					t.Errorf("connection still open %s after a write the runtime never read", time.Since(start))
+				}
+				if n := client.Router().Len(); n != 0 {
+					t.Errorf("%d sessions still open after the connection ended", n)
+				}
+				_ = runtimeEnd.Close()
+				_ = client.Close()
+				if err := b.Close(); err != nil {
+					t.Error(err)
+				}
+			})
+		})
+	}
+}
+
+// ioPipes is a connection of two io.Pipes: nothing in it has deadlines.
+func ioPipes() (io.ReadWriteCloser, io.ReadWriteCloser) {
+	ar, bw := io.Pipe()
+	br, aw := io.Pipe()
+	return pipeEnd{ar, aw}, pipeEnd{br, bw}
+}
+
+type pipeEnd struct {
+	*io.PipeReader
+	*io.PipeWriter
+}
+
+func (p pipeEnd) Close() error {
+	_ = p.PipeWriter.Close()
+	return p.PipeReader.Close()
 }

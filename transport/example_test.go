@@ -23,7 +23,7 @@ func ExampleNewConn() {
 	defer conn.Close()
 
 	src := tokens.Static(tokens.Token{Value: "example-token", ExpiresOn: time.Now().Add(time.Hour)})
-	if err := conn.Router.Open("s1", []actors.Provider{{Name: "default", Source: src}}); err != nil {
+	if err := conn.Router().Open("s1", []actors.Provider{{Name: "default", Source: src}}); err != nil {
 		panic(err)
 	}
 

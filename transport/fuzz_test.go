@@ -283,7 +283,7 @@ func FuzzConn(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		clientEnd, runtimeEnd := Pipe()
 		conn := NewConn(context.Background(), b, clientEnd, nil, ConnOptions{MaxFrameSize: fuzzFrameCap})
-		if err := conn.Router.Open("s", []actors.Provider{{Name: "p", Scope: "sc", Source: src}}); err != nil {
+		if err := conn.Router().Open("s", []actors.Provider{{Name: "p", Scope: "sc", Source: src}}); err != nil {
 			t.Fatal(err)
 		}
 		var replies []json.RawMessage
@@ -306,7 +306,7 @@ func FuzzConn(f *testing.F) {
 		_ = runtimeEnd.Close()
 		waitFor(t, "connection ending with its stream", conn.DisconnectNotify())
 		wg.Wait()
-		eventually(t, "router of the ended connection closing", func() bool { return conn.Router.Len() == 0 })
+		eventually(t, "router of the ended connection closing", func() bool { return conn.Router().Len() == 0 })
 
 		sent := requestsIn(data)
 		for _, m := range replies {

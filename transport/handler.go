@@ -6,17 +6,15 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
-	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/requestobs"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
 )
@@ -46,9 +44,10 @@ type Options struct {
 
 // TokenHandler is the middleware: it answers the runtime's token requests
 // through router and hands every other message to next (nil: unknown
-// methods get a method-not-found error, notifications are dropped). Serve it
-// through jsonrpc2.AsyncHandler (NewConn does) so a slow credential never
-// blocks the connection.
+// methods get a method-not-found error, notifications are dropped). It
+// answers each request before returning, so a caller serving it on a
+// connection's read loop should run it in a goroutine per request (as
+// jsonrpc2.AsyncHandler does); nil providers in opts mean the global ones.
 func TokenHandler(router *actors.Router, next jsonrpc2.Handler, opts Options) jsonrpc2.Handler {
 	log := opts.Logger
 	if log == nil {
@@ -62,70 +61,38 @@ func TokenHandler(router *actors.Router, next jsonrpc2.Handler, opts Options) js
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
-	h := &tokenHandler{router: router, next: next, log: log, tracer: tp.Tracer(tracing.InstrumentationName)}
-	h.initMetrics(mp.Meter(tracing.InstrumentationName))
-	return h
+	return &tokenHandler{router: router, next: next, log: log, obs: requestobs.New(tp, mp)}
 }
 
 type tokenHandler struct {
 	router *actors.Router
 	next   jsonrpc2.Handler
 	log    *slog.Logger
-	tracer trace.Tracer
-
-	requests  metric.Int64Counter
-	duration  metric.Float64Histogram
-	remaining metric.Float64Histogram
-	sets      [2]dialectSets // by dialectIndex
+	obs    *requestobs.Recorder
 }
 
-// dialectSets are one dialect's metric attribute sets, built once: building
-// a set sorts and hashes its attributes, which the hot path cannot afford
-// per request even when the meter is a no-op.
-type dialectSets struct {
-	dialect   metric.MeasurementOption
-	byOutcome [actors.OutcomeBare + 1]metric.MeasurementOption // by actors.Outcome
-}
-
-func dialectIndex(method string) int {
-	if method == MethodGetToken {
-		return 1
+// tokenDialect is the one check for "is this a token request method".
+func tokenDialect(method string) (requestobs.Dialect, bool) {
+	switch method {
+	case MethodAcquire:
+		return requestobs.Acquire, true
+	case MethodGetToken:
+		return requestobs.GetToken, true
 	}
-	return 0
-}
-
-func (h *tokenHandler) initMetrics(m metric.Meter) {
-	for i, method := range []string{MethodAcquire, MethodGetToken} {
-		d := tracing.Dialect.String(method)
-		h.sets[i].dialect = metric.WithAttributeSet(attribute.NewSet(d))
-		for o := range h.sets[i].byOutcome {
-			h.sets[i].byOutcome[o] = metric.WithAttributeSet(attribute.NewSet(d, tracing.Outcome.String(actors.Outcome(o).String())))
-		}
-	}
-	h.requests, _ = m.Int64Counter(tracing.MetricRequests,
-		metric.WithDescription("Token requests answered, by dialect and outcome."))
-	h.duration, _ = m.Float64Histogram(tracing.MetricRequestDuration,
-		metric.WithDescription("Time to answer a token request."), metric.WithUnit("s"))
-	h.remaining, _ = m.Float64Histogram(tracing.MetricTokenRemaining,
-		metric.WithDescription("Validity left on served tokens."), metric.WithUnit("s"))
+	return 0, false
 }
 
 func (h *tokenHandler) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
-	switch req.Method {
-	case MethodAcquire, MethodGetToken:
-		if req.Notif {
-			h.log.Warn("tokenbroker: token request sent as a notification; nothing to answer", "method", req.Method)
-			return
-		}
-		h.serve(ctx, conn, req)
-	default:
-		if h.next != nil {
-			h.next.Handle(ctx, conn, req)
-			return
-		}
-		if !req.Notif {
-			h.replyError(ctx, conn, req, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "method not found: " + req.Method})
-		}
+	d, ok := tokenDialect(req.Method)
+	switch {
+	case ok && req.Notif:
+		h.log.Warn("tokenbroker: token request sent as a notification; nothing to answer", "method", req.Method)
+	case ok:
+		h.serve(ctx, conn, req, d)
+	case h.next != nil:
+		h.next.Handle(ctx, conn, req)
+	case !req.Notif:
+		h.replyError(ctx, conn, req, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "method not found: " + req.Method})
 	}
 }
 
@@ -184,56 +151,37 @@ func DecodeTokenRequest(method string, params *json.RawMessage) (tokens.Request,
 	return req, p.Meta, nil
 }
 
-func (h *tokenHandler) serve(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
-	start := time.Now()
+func (h *tokenHandler) serve(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request, d requestobs.Dialect) {
 	treq, meta, perr := DecodeTokenRequest(req.Method, req.Params)
 	var reqMeta json.RawMessage
 	if req.Meta != nil {
 		reqMeta = *req.Meta
 	}
 	ctx = extractTrace(ctx, meta, reqMeta)
-	ctx, span := h.tracer.Start(ctx, req.Method, trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(
-			tracing.RPCSystem.String("jsonrpc"),
-			tracing.RPCMethod.String(req.Method),
-			tracing.RPCJSONRPCVersion.String("2.0"),
-			tracing.RPCRequestID.String(req.ID.String()),
-			tracing.SessionID.String(treq.SessionID),
-			tracing.ProviderName.String(treq.ProviderName),
-		))
-	defer span.End()
+	ctx, rec := h.obs.Start(ctx, d, treq.SessionID, treq.ProviderName,
+		tracing.RPCSystem.String("jsonrpc"),
+		tracing.RPCMethod.String(req.Method),
+		tracing.RPCJSONRPCVersion.String("2.0"),
+		tracing.RPCRequestID.String(req.ID.String()),
+	)
 
+	rpcErr := perr
 	var grant actors.Grant
-	var rpcErr *jsonrpc2.Error
-	if perr != nil {
-		rpcErr = perr
-	} else {
+	if rpcErr == nil {
 		var err error
-		grant, err = h.router.Acquire(ctx, treq)
-		if err != nil {
+		if grant, err = h.router.Acquire(ctx, treq); err != nil {
 			rpcErr = toRPCError(err)
 		}
 	}
-
-	sets := &h.sets[dialectIndex(req.Method)]
 	if rpcErr != nil {
-		grant.Outcome = actors.OutcomeError
-		span.SetStatus(codes.Error, rpcErr.Message)
-		span.SetAttributes(tracing.RPCErrorCode.Int64(rpcErr.Code), tracing.Outcome.String(grant.Outcome.String()))
+		rec.Span.SetAttributes(tracing.RPCErrorCode.Int64(rpcErr.Code))
 		h.log.Info("tokenbroker: token request refused", "method", req.Method, "session", treq.SessionID, "provider", treq.ProviderName, "error", rpcErr.Message)
 		h.replyError(ctx, conn, req, rpcErr)
-	} else {
-		span.SetAttributes(tracing.Outcome.String(grant.Outcome.String()))
-		if !grant.Token.Bare() {
-			left := time.Until(grant.Token.ExpiresOn).Seconds()
-			span.SetAttributes(tracing.RemainingSeconds.Float64(left))
-			h.remaining.Record(ctx, left, sets.dialect)
-		}
-		h.reply(ctx, conn, req, grant.Token)
+		rec.Failed(ctx, rpcErr.Message)
+		return
 	}
-	set := sets.byOutcome[grant.Outcome]
-	h.requests.Add(ctx, 1, set)
-	h.duration.Record(ctx, time.Since(start).Seconds(), set)
+	h.reply(ctx, conn, req, grant.Token)
+	rec.Served(ctx, grant.Outcome.String(), grant.Token.ExpiresOn)
 }
 
 func (h *tokenHandler) reply(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request, tok tokens.Token) {

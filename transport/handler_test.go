@@ -38,7 +38,7 @@ func TestHandlerRefusals(t *testing.T) {
 	panics := tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) { panic(secret) })
 	open := func(session string, src tokens.Source) {
 		t.Helper()
-		if err := rt.client.Router.Open(session, []actors.Provider{{Name: "prov-" + session, Scope: "scope-a", Source: src}}); err != nil {
+		if err := rt.client.Router().Open(session, []actors.Provider{{Name: "prov-" + session, Scope: "scope-a", Source: src}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -108,7 +108,7 @@ func TestHandlerResultShapes(t *testing.T) {
 	b := newTestBroker(t, actors.Options{})
 	rt := dial(t, b, ConnOptions{}, nil)
 	exp := time.Now().Add(time.Hour).Truncate(time.Millisecond)
-	err := rt.client.Router.Open("s", []actors.Provider{
+	err := rt.client.Router().Open("s", []actors.Provider{
 		{Name: "cached", Source: tokens.Static(tokens.Token{Value: "tok-c", ExpiresOn: exp})},
 		{Name: "bare", Source: tokens.BareFunc(func(context.Context, tokens.Request) (string, error) { return "tok-b", nil })},
 	})

@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/capture"
 	"github.com/tokenbroker/tokenbroker/internal/leakscan"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
@@ -323,14 +324,14 @@ func TestTraceOutcomes(t *testing.T) {
 			return tokens.Token{Value: tr.secrets.next("gated"), ExpiresOn: time.Now().Add(time.Hour)}, nil
 		})
 		scope := "api://scope/.default"
-		if err := tr.conn.Router.Open("s1", []actors.Provider{
+		if err := tr.conn.Router().Open("s1", []actors.Provider{
 			{Name: "cached", Scope: scope, Source: cached},
 			{Name: "bare", Source: bare},
 			{Name: "broken", Source: broken},
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if err := tr.conn.Router.Open("s2", []actors.Provider{{Name: "gated", Source: gated}}); err != nil {
+		if err := tr.conn.Router().Open("s2", []actors.Provider{{Name: "gated", Source: gated}}); err != nil {
 			t.Fatal(err)
 		}
 
@@ -514,7 +515,7 @@ func TestTraceOutcomes(t *testing.T) {
 		tr.scan(rm)
 
 		// The gauges follow sessions closing.
-		if err := tr.conn.Router.CloseSession("s2"); err != nil {
+		if err := tr.conn.Router().CloseSession("s2"); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
@@ -547,7 +548,7 @@ func TestTraceBackgroundRefreshIsLinkedRoot(t *testing.T) {
 		tr := newTraced(t)
 		var calls int
 		// 10 min tokens refresh 5 min before expiry (no jitter here).
-		if err := tr.conn.Router.Open("s", []actors.Provider{{Name: "p", Source: tr.lived("p", 10*time.Minute, &calls)}}); err != nil {
+		if err := tr.conn.Router().Open("s", []actors.Provider{{Name: "p", Source: tr.lived("p", 10*time.Minute, &calls)}}); err != nil {
 			t.Fatal(err)
 		}
 		first := tr.call(call{method: transport.MethodAcquire, session: "s", provider: "p"})
@@ -607,7 +608,7 @@ func TestTraceparentContinued(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tr := newTraced(t)
 		var calls int
-		if err := tr.conn.Router.Open("s", []actors.Provider{{Name: "p", Source: tr.lived("p", time.Hour, &calls)}}); err != nil {
+		if err := tr.conn.Router().Open("s", []actors.Provider{{Name: "p", Source: tr.lived("p", time.Hour, &calls)}}); err != nil {
 			t.Fatal(err)
 		}
 		const (
@@ -666,7 +667,7 @@ func TestTraceRemainingIsSeconds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tr := newTraced(t)
 		var calls int
-		if err := tr.conn.Router.Open("s", []actors.Provider{{Name: "p", Source: tr.lived("p", 3*time.Hour, &calls)}}); err != nil {
+		if err := tr.conn.Router().Open("s", []actors.Provider{{Name: "p", Source: tr.lived("p", 3*time.Hour, &calls)}}); err != nil {
 			t.Fatal(err)
 		}
 		tr.call(call{method: transport.MethodAcquire, session: "s", provider: "p"})
@@ -687,4 +688,76 @@ func TestTraceRemainingIsSeconds(t *testing.T) {
 		}
 		tr.scan(rm)
 	})
+}
+
+// requests is what c recorded of token requests: the names of request
+// spans and the tokenbroker.requests counter by outcome.
+func requests(t *testing.T, c *capture.Capture) (spans []string, byOutcome map[string]int64) {
+	t.Helper()
+	for _, s := range c.Spans.Ended() {
+		if s.Name() != tracing.SpanRefresh { // the broker's own
+			spans = append(spans, s.Name())
+		}
+	}
+	rm, err := c.Metrics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := findMetric(&rm, tracing.MetricRequests); !ok {
+		return spans, nil
+	}
+	return spans, counts(t, &rm, tracing.MetricRequests, tracing.Outcome)
+}
+
+// Observability is configured once: a connection given no Logger,
+// TracerProvider or MeterProvider of its own reports to the broker's (a
+// MeterProvider given only to the broker used to lose the request metrics).
+// Providers in ConnOptions take precedence.
+func TestConnInheritsBrokerObservability(t *testing.T) {
+	for _, own := range []bool{false, true} {
+		t.Run(map[bool]string{false: "inherited", true: "own"}[own], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				brokers, conns := capture.New(), capture.New()
+				defer brokers.Close()
+				defer conns.Close()
+				b := actors.NewBroker(actors.Options{Logger: brokers.Logger, TracerProvider: brokers.TracerProvider, MeterProvider: brokers.MeterProvider})
+				defer b.Close()
+				var opts transport.ConnOptions
+				want, other := brokers, conns
+				if own {
+					opts.TracerProvider, opts.MeterProvider = conns.TracerProvider, conns.MeterProvider
+					want, other = conns, brokers
+				}
+				client, runtime := transport.Pipe()
+				conn := transport.NewConn(context.Background(), b, client, nil, opts)
+				defer conn.Close()
+				rt := jsonrpc2.NewConn(context.Background(), transport.NewStream(runtime, transport.Codec{}), jsonrpc2.HandlerWithError(
+					func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) { return nil, nil }))
+				defer rt.Close()
+				if err := conn.Router().Open("s", []actors.Provider{{Name: "p", Source: tokens.Static(tokens.Token{Value: "tok-inherit", ExpiresOn: time.Now().Add(time.Hour)})}}); err != nil {
+					t.Fatal(err)
+				}
+				var res json.RawMessage
+				if err := rt.Call(context.Background(), transport.MethodGetToken, map[string]string{"sessionId": "s", "providerName": "p"}, &res); err != nil {
+					t.Fatal(err)
+				}
+				if err := rt.Call(context.Background(), transport.MethodGetToken, map[string]string{"sessionId": "nobody", "providerName": "p"}, &res); err == nil {
+					t.Fatal("request for an unknown session answered")
+				}
+				synctest.Wait() // the span ends and the metrics are recorded after the reply
+
+				spans, byOutcome := requests(t, want)
+				if !slices.Equal(spans, []string{transport.MethodGetToken, transport.MethodGetToken}) {
+					t.Errorf("request spans %v, want two %s", spans, transport.MethodGetToken)
+				}
+				wantCounts(t, "requests by outcome", byOutcome, map[string]int64{tracing.OutcomeRefreshed: 1, tracing.OutcomeError: 1})
+				if spans, byOutcome := requests(t, other); len(spans) != 0 || len(byOutcome) != 0 {
+					t.Errorf("the other providers recorded spans %v, requests %v", spans, byOutcome)
+				}
+				if logs := brokers.Logs(); !strings.Contains(logs, "token request refused") {
+					t.Errorf("the broker's logger did not get the connection's log lines: %q", logs)
+				}
+			})
+		})
+	}
 }

@@ -166,7 +166,7 @@ func (d *directDriver) open(context.Context) error {
 		for j := range ps {
 			ps[j] = actors.Provider{Name: providerName(j), Source: d.creds.source(j)}
 		}
-		if err := d.conn.Router.Open(sessionName(i), ps); err != nil {
+		if err := d.conn.Router().Open(sessionName(i), ps); err != nil {
 			return err
 		}
 	}

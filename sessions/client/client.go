@@ -167,7 +167,7 @@ func newClient(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteClose
 	// own goroutine and hands notifications to dispatch in arrival order, so
 	// an answer and the idle event after it are never swapped.
 	c.tc = transport.NewConn(ctx, broker, rwc, transport.HandlerFunc(c.dispatch), opts.Conn)
-	c.conn, c.router = c.tc.Conn, c.tc.Router
+	c.conn, c.router = c.tc.Conn, c.tc.Router()
 	go c.watch()
 	return c
 }
