@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/tokenbroker/tokenbroker/internal/requestobs"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
 )
@@ -56,17 +57,18 @@ type Options struct {
 // Broker owns the actor system, the shared credentials and the routers of
 // every runtime connection. Close releases all of it.
 type Broker struct {
-	system  *actor.ActorSystem
-	root    *actor.RootContext
-	log     *slog.Logger
-	policy  tokens.Policy
-	timeout time.Duration
-	clock   tokens.Clock
-	rand    func() float64
-	tp      trace.TracerProvider
-	mp      metric.MeterProvider
-	tracer  trace.Tracer
-	metrics *instruments
+	system   *actor.ActorSystem
+	root     *actor.RootContext
+	log      *slog.Logger
+	policy   tokens.Policy
+	timeout  time.Duration
+	clock    tokens.Clock
+	rand     func() float64
+	tp       trace.TracerProvider
+	mp       metric.MeterProvider
+	tracer   trace.Tracer
+	metrics  *instruments
+	requests *requestobs.Recorder // of Credential.BearerToken's requests
 
 	calls *callLimiter
 
@@ -128,6 +130,7 @@ func NewBroker(opts Options) *Broker {
 	}
 	b.tracer = b.tp.Tracer(tracing.InstrumentationName)
 	b.metrics = newInstruments(b.mp.Meter(tracing.InstrumentationName), b)
+	b.requests = requestobs.New(b.tp, b.mp)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	actorLog := slog.New(typesOnly{log.With("lib", "protoactor").Handler()})
 	b.system = actor.NewActorSystem(
