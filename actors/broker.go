@@ -116,7 +116,7 @@ func NewBroker(opts Options) *Broker {
 	}
 	b.calls = newCallLimiter(slots)
 	if b.clock == nil {
-		b.clock = tokens.SystemClock
+		b.clock = tokens.SystemClock()
 	}
 	if b.rand == nil {
 		b.rand = tokens.RandomDraw

@@ -188,8 +188,8 @@ type Clock interface {
 	AfterFunc(d time.Duration, f func()) (stop func() bool)
 }
 
-// SystemClock is the real clock.
-var SystemClock Clock = systemClock{}
+// SystemClock returns the real clock.
+func SystemClock() Clock { return systemClock{} }
 
 type systemClock struct{}
 
