@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/tokenbroker/tokenbroker/internal/requestobs"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
 )
@@ -39,6 +40,12 @@ type Options struct {
 	// RequestTimeout bounds each token request that must wait for its
 	// credential. Zero: DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// MaxConcurrentCalls bounds the credential calls running at once,
+	// across all credentials; calls beyond it wait their turn, credential
+	// by credential, and no credential runs more than an eighth of them.
+	// A call's RefreshTimeout starts when it runs. Zero:
+	// DefaultMaxConcurrentCalls.
+	MaxConcurrentCalls int
 	// Clock and Rand replace the real clock and random draws in tests.
 	Clock tokens.Clock
 	Rand  func() float64
@@ -50,23 +57,27 @@ type Options struct {
 // Broker owns the actor system, the shared credentials and the routers of
 // every runtime connection. Close releases all of it.
 type Broker struct {
-	system  *actor.ActorSystem
-	root    *actor.RootContext
-	log     *slog.Logger
-	policy  tokens.Policy
-	timeout time.Duration
-	clock   tokens.Clock
-	rand    func() float64
-	tp      trace.TracerProvider
-	mp      metric.MeterProvider
-	tracer  trace.Tracer
-	metrics *instruments
+	system   *actor.ActorSystem
+	root     *actor.RootContext
+	log      *slog.Logger
+	policy   tokens.Policy
+	timeout  time.Duration
+	clock    tokens.Clock
+	rand     func() float64
+	tp       trace.TracerProvider
+	mp       metric.MeterProvider
+	tracer   trace.Tracer
+	metrics  *instruments
+	requests *requestobs.Recorder // of Credential.BearerToken's requests
+
+	calls *callLimiter
 
 	ctx    context.Context // cancelled by Close: ends every credential call
 	cancel context.CancelFunc
+	shut   atomic.Bool // Close has begun: refusals say "broker closed"
 
 	live    sync.WaitGroup // actors spawned and not yet stopped
-	fetches sync.WaitGroup // credential calls in progress
+	running sync.WaitGroup // credential calls in progress
 
 	mu      sync.Mutex
 	closed  bool
@@ -99,8 +110,13 @@ func NewBroker(opts Options) *Broker {
 	if b.timeout <= 0 {
 		b.timeout = DefaultRequestTimeout
 	}
+	slots := opts.MaxConcurrentCalls
+	if slots <= 0 {
+		slots = DefaultMaxConcurrentCalls
+	}
+	b.calls = newCallLimiter(slots)
 	if b.clock == nil {
-		b.clock = tokens.SystemClock
+		b.clock = tokens.SystemClock()
 	}
 	if b.rand == nil {
 		b.rand = tokens.RandomDraw
@@ -114,6 +130,7 @@ func NewBroker(opts Options) *Broker {
 	}
 	b.tracer = b.tp.Tracer(tracing.InstrumentationName)
 	b.metrics = newInstruments(b.mp.Meter(tracing.InstrumentationName), b)
+	b.requests = requestobs.New(b.tp, b.mp)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	actorLog := slog.New(typesOnly{log.With("lib", "protoactor").Handler()})
 	b.system = actor.NewActorSystem(
@@ -131,9 +148,6 @@ func (b *Broker) Logger() *slog.Logger { return b.log }
 
 // Policy returns the refresh policy in force.
 func (b *Broker) Policy() tokens.Policy { return b.policy }
-
-// RequestTimeout returns the bound on a token request that waits.
-func (b *Broker) RequestTimeout() time.Duration { return b.timeout }
 
 // NewRouter returns the session registry of one runtime connection. Token
 // requests arriving on that connection must be answered through it and no
@@ -165,6 +179,7 @@ func (b *Broker) Close() error {
 		return nil
 	}
 	b.closed = true
+	b.shut.Store(true)
 	routers := make([]*Router, 0, len(b.routers))
 	for r := range b.routers {
 		routers = append(routers, r)
@@ -184,7 +199,7 @@ func (b *Broker) Close() error {
 	b.cancel()
 	b.live.Wait()
 	var err error
-	if !waitTimeout(&b.fetches, closeTimeout) {
+	if !waitTimeout(&b.running, closeTimeout) {
 		err = fmt.Errorf("tokenbroker: credential calls still running %s after Close: a Source ignores its context", closeTimeout)
 	}
 	b.system.Shutdown()
@@ -203,6 +218,15 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 	case <-t.C:
 		return false
 	}
+}
+
+// closedError is the refusal of a request that what's closing ended; once
+// the broker is closing, that is the cause to name.
+func (b *Broker) closedError(what string) error {
+	if b.shut.Load() {
+		return closedError("broker")
+	}
+	return closedError(what)
 }
 
 func (b *Broker) forget(r *Router) {

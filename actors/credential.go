@@ -9,6 +9,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/tokenbroker/tokenbroker/internal/requestobs"
 	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
@@ -56,28 +57,63 @@ func (c *Credential) Scope() string { return c.p.scope }
 // Token serves the shared cached token, refreshing it as the policy says.
 // The request's fields are ignored: the token is the credential's.
 func (c *Credential) Token(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
-	if tok, ok := c.p.cached(ctx, c.p.b.clock.Now()); ok {
-		return tok, nil
-	}
-	g, err := c.p.b.acquire(ctx, c.pid, &acquire{provider: c.p.name}, nil, c.done)
+	g, err := c.grant(ctx)
 	if err != nil {
 		return tokens.Token{}, &contextError{prefix: fmt.Sprintf("shared credential %q: ", c.p.name), err: err}
 	}
 	return g.Token, nil
 }
 
+// BearerToken serves the credential's token in the shape of the official
+// copilot-sdk Go client's BearerTokenProvider callback, so that the whole
+// integration is
+//
+//	BearerTokenProvider: func(a copilot.ProviderTokenArgs) (string, error) {
+//		return cred.BearerToken(a.SessionID, a.ProviderName)
+//	}
+//
+// It serves from the same cache, with the same single flight, as every
+// session using c; the session id and provider name only label the
+// request's span and error (the Source is asked as for any shared
+// credential). The callback has no context, so every call is bounded by
+// the broker's RequestTimeout. Each call is recorded as a token request
+// over a connection is: a span named tracing.SpanCallback and the request
+// metrics with dialect tracing.DialectCallback.
+//
+// For a per-session or per-tenant source, give each its own Credential
+// and Close it when it is no longer used.
+func (c *Credential) BearerToken(sessionID, providerName string) (string, error) {
+	ctx, rec := c.p.b.requests.Start(context.Background(), requestobs.Callback, sessionID, providerName)
+	g, err := c.grant(ctx)
+	if err != nil {
+		err = &contextError{prefix: fmt.Sprintf("session %q: provider %q: shared credential %q: ", sessionID, providerName, c.p.name), err: err}
+		rec.Failed(ctx, err.Error())
+		return "", err
+	}
+	rec.Served(ctx, g.Outcome.String(), g.Token.ExpiresOn)
+	return g.Token.Value, nil
+}
+
+// grant serves from the snapshot when it can, else asks the actor.
+func (c *Credential) grant(ctx context.Context) (Grant, error) {
+	if tok, ok := c.p.cached(ctx, c.p.b.clock.Now()); ok {
+		return Grant{Token: tok, Outcome: OutcomeHit}, nil
+	}
+	return c.p.b.acquire(ctx, c.pid, &acquire{provider: c.p.name}, nil, c.done)
+}
+
 // Invalidate drops the cached token: the next request refreshes. Use it when
 // the provider rejects the token (a 401), or the runtime's retry of a 401
 // would be served the same rejected token from the cache.
-func (c *Credential) Invalidate() {
-	c.p.snap.Store(nil)
-	c.p.b.root.Send(c.pid, invalidate{})
-}
+func (c *Credential) Invalidate() { c.p.invalidate() }
 
-// Close stops the credential: its refreshes end and the sessions still using
-// it get errors. The broker closes every credential when it closes.
+// Close stops the credential: once it returns, no request gets its token;
+// its refreshes end and the sessions still using it get errors. The broker
+// closes every credential when it closes.
 func (c *Credential) Close() {
 	c.once.Do(func() {
+		c.p.closed.Store(true)
+		c.p.invalidate()
 		close(c.done)
 		b := c.p.b
 		b.mu.Lock()

@@ -3,6 +3,7 @@ package actors
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -40,6 +41,10 @@ func newError(kind, cause error, format string, args ...any) error {
 	return &brokerError{kind: kind, msg: fmt.Sprintf(format, args...), cause: cause}
 }
 
+// The one wording of each failure a caller can see. A credential's own
+// message appears only where it says what went wrong (a failed call), and
+// then scrubbed by the caller of failed.
+
 func unknownSession(id string) error {
 	return newError(ErrUnknownSession, nil, "session %q is not registered on this connection", id)
 }
@@ -48,8 +53,47 @@ func unknownProvider(session, name string) error {
 	return newError(ErrUnknownProvider, nil, "no bearer-token provider registered for provider %q in session %q", name, session)
 }
 
-func timedOut(after time.Duration) error {
-	return newError(ErrTimeout, nil, "token request timed out after %s", after.Round(time.Millisecond))
+// timedOut: the credential gave no answer within d, whoever's deadline
+// ended the wait (the call's RefreshTimeout or the request's own).
+func timedOut(d time.Duration, cause error) error {
+	return newError(ErrTimeout, cause, "timed out: credential did not answer within %s", roundDuration(d))
+}
+
+// failed carries the credential's own message, already scrubbed.
+func failed(cause error, scrubbed string) error {
+	return newError(ErrCredential, cause, "credential failed: %s", scrubbed)
+}
+
+func invalidToken(cause error) error {
+	return newError(ErrInvalidToken, cause, "credential returned an invalid token: %s", trimPrefix(cause.Error()))
+}
+
+func closedError(what string) error {
+	return newError(ErrClosed, nil, "%s closed", what)
+}
+
+// backingOff repeats the last failure and says when the credential will be
+// tried again.
+func backingOff(last error, retryAt, now time.Time) error {
+	return newError(ErrBackoff, last, "%s; next try in %s (at %s)",
+		last.Error(), roundDuration(retryAt.Sub(now)), retryAt.UTC().Format("15:04:05 UTC"))
+}
+
+// roundDuration keeps the digits a reader needs: whole seconds from one
+// second up, hundredths below.
+func roundDuration(d time.Duration) time.Duration {
+	if d >= time.Second {
+		return d.Round(time.Second)
+	}
+	return d.Round(10 * time.Millisecond)
+}
+
+// trimPrefix drops a "pkg: " prefix from a sentinel's message.
+func trimPrefix(s string) string {
+	if i := strings.Index(s, ": "); i >= 0 && !strings.Contains(s[:i], " ") {
+		return s[i+2:]
+	}
+	return s
 }
 
 // contextError puts the names a reader needs (session, provider, shared
@@ -61,7 +105,3 @@ type contextError struct {
 
 func (e *contextError) Error() string { return e.prefix + e.err.Error() }
 func (e *contextError) Unwrap() error { return e.err }
-
-func closedError(what string) error {
-	return newError(ErrClosed, nil, "%s closed", what)
-}

@@ -3,6 +3,7 @@ package actors_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,4 +62,47 @@ func ExampleBroker_NewCredential() {
 	}
 	fmt.Println("credential calls:", calls.Load())
 	// Output: credential calls: 1
+}
+
+// The official copilot-sdk Go client asks for a token through its
+// ProviderConfig.BearerTokenProvider callback before every model request.
+// Credential.BearerToken has that callback's shape, so the whole
+// integration is one line:
+//
+//	BearerTokenProvider: func(a copilot.ProviderTokenArgs) (string, error) {
+//		return cred.BearerToken(a.SessionID, a.ProviderName)
+//	}
+//
+// Here the SDK is played by concurrent calls of such a closure: 50 model
+// requests across 10 sessions make one credential call.
+func ExampleCredential_BearerToken() {
+	broker := actors.NewBroker(actors.Options{})
+	defer broker.Close()
+	var calls atomic.Int32
+	cred, err := broker.NewCredential("foundry", "https://cognitiveservices.azure.com/.default",
+		tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) {
+			calls.Add(1)
+			return tokens.Token{Value: "entra-token", ExpiresOn: time.Now().Add(time.Hour)}, nil
+		}))
+	if err != nil {
+		panic(err)
+	}
+	type providerTokenArgs struct{ ProviderName, SessionID string } // the SDK's ProviderTokenArgs
+	bearerTokenProvider := func(a providerTokenArgs) (string, error) {
+		return cred.BearerToken(a.SessionID, a.ProviderName)
+	}
+
+	var wg sync.WaitGroup
+	var served atomic.Int32
+	for i := range 50 {
+		wg.Go(func() {
+			tok, err := bearerTokenProvider(providerTokenArgs{ProviderName: "foundry", SessionID: fmt.Sprint("session-", i%10)})
+			if err == nil && tok == "entra-token" {
+				served.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	fmt.Println("tokens served:", served.Load(), "credential calls:", calls.Load())
+	// Output: tokens served: 50 credential calls: 1
 }

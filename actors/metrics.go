@@ -29,11 +29,14 @@ func newInstruments(m metric.Meter, b *Broker) *instruments {
 		metric.WithDescription("Sessions whose token routing is open."))
 	providers, _ := m.Int64ObservableUpDownCounter(tracing.MetricActiveProviders,
 		metric.WithDescription("Provider actors running: shared credentials, and per-session providers once asked for a token."))
+	waiting, _ := m.Int64ObservableUpDownCounter(tracing.MetricCallsWaiting,
+		metric.WithDescription("Credential calls waiting for a slot of the broker's limit on concurrent calls (Options.MaxConcurrentCalls)."))
 	in.gauges, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(sessions, b.sessionsOpen.Load())
 		o.ObserveInt64(providers, b.providersLive.Load())
+		o.ObserveInt64(waiting, b.calls.queued())
 		return nil
-	}, sessions, providers)
+	}, sessions, providers, waiting)
 	return in
 }
 

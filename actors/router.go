@@ -69,7 +69,7 @@ func (r *Router) Open(sessionID string, providers []Provider) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
-		return closedError("connection")
+		return r.b.closedError("connection")
 	}
 	if _, dup := r.sessions[sessionID]; dup {
 		return newError(ErrSessionExists, nil, "session %q is already registered on this connection", sessionID)
@@ -127,8 +127,13 @@ func (r *Router) Len() int {
 func (r *Router) lookup(req tokens.Request) (*session, *route, error) {
 	r.mu.RLock()
 	s := r.sessions[req.SessionID]
+	closed := r.closed
 	r.mu.RUnlock()
 	if s == nil {
+		if closed {
+			// Not the runtime's mistake: say what ended the session.
+			return nil, nil, &contextError{prefix: fmt.Sprintf("session %q: provider %q: ", req.SessionID, req.ProviderName), err: r.b.closedError("connection")}
+		}
 		return nil, nil, &contextError{prefix: fmt.Sprintf("provider %q: ", req.ProviderName), err: unknownSession(req.SessionID)}
 	}
 	rt := s.route(req.ProviderName)
@@ -172,12 +177,11 @@ func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error)
 // Invalidate drops the cached token of a session's provider (of the shared
 // credential, if it uses one): the next request refreshes.
 func (r *Router) Invalidate(sessionID, providerName string) error {
-	s, rt, err := r.lookup(tokens.Request{SessionID: sessionID, ProviderName: providerName})
+	_, rt, err := r.lookup(tokens.Request{SessionID: sessionID, ProviderName: providerName})
 	if err != nil {
 		return err
 	}
-	rt.p.snap.Store(nil)
-	r.b.root.Send(s.pid, invalidateProvider{name: providerName})
+	rt.p.invalidate()
 	return nil
 }
 
@@ -195,12 +199,12 @@ func (b *Broker) acquire(ctx context.Context, pid *actor.PID, m *acquire, sessio
 		return rep.grant, rep.err
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return Grant{}, timedOut(time.Since(start))
+			return Grant{}, timedOut(time.Since(start), nil)
 		}
 		return Grant{}, ctx.Err()
 	case <-sessionDone:
-		return Grant{}, closedError("session")
+		return Grant{}, b.closedError("session")
 	case <-credDone:
-		return Grant{}, closedError("shared credential")
+		return Grant{}, b.closedError("shared credential")
 	}
 }

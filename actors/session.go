@@ -46,9 +46,6 @@ func (s *session) close(root *actor.RootContext) {
 	})
 }
 
-// Messages the session actor receives besides *acquire.
-type invalidateProvider struct{ name string }
-
 // sessionActor owns its per-session provider actors (children, stopped with
 // it) and holds a reference on each shared credential it uses.
 type sessionActor struct {
@@ -69,11 +66,6 @@ func (a *sessionActor) Receive(ctx actor.Context) {
 			return
 		}
 		m.reply <- reply{err: unknownProvider(a.s.id, m.provider)}
-	case invalidateProvider:
-		// A per-session provider not started yet has nothing to drop.
-		if i := a.s.index(m.name); i >= 0 && a.children[i] != nil {
-			ctx.Send(a.children[i], invalidate{})
-		}
 	case *actor.Started:
 		a.children = make([]*actor.PID, len(a.s.routes))
 		// Per-session provider actors start on first use (see provider):

@@ -180,7 +180,8 @@ func TestRefreshReasonsAndParentage(t *testing.T) {
 		}
 		synctest.Wait()
 		step("invalidated", actors.OutcomeError, true) // call 3 fails
-		step("retry", actors.OutcomeRefreshed, false)  // no back-off with a zero draw
+		time.Sleep(r.broker.Policy().BackoffFloor)     // the back-off, with a zero draw
+		step("retry", actors.OutcomeRefreshed, false)
 		synctest.Wait()
 		if *calls != 4 {
 			t.Fatalf("%d credential calls, want 4", *calls)
@@ -243,7 +244,9 @@ func TestBackgroundRetryIsRoot(t *testing.T) {
 		if err != nil || g.Outcome != actors.OutcomeHit || g.Token != first.Token {
 			t.Fatalf("past the refresh point: %v %v", g.Outcome, err)
 		}
-		synctest.Wait() // proactive refresh fails, the retry timer (0 s) fires, the retry succeeds
+		synctest.Wait() // the proactive refresh fails
+		time.Sleep(r.broker.Policy().BackoffFloor)
+		synctest.Wait() // the retry timer (the floor, with a zero draw) fired, the retry succeeded
 		if *calls != 3 {
 			t.Fatalf("%d credential calls, want 3", *calls)
 		}

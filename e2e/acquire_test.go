@@ -323,7 +323,7 @@ func TestErrorRepliesKeepTheConnectionServing(t *testing.T) {
 		{"unknown session", acq, map[string]any{"sessionId": "nope", "providerName": "default"}, transport.CodeUnknownSession, []string{`"nope"`, "not registered"}},
 		{"unknown provider", acq, map[string]any{"sessionId": "ok", "providerName": "X"}, transport.CodeUnknownProvider, []string{`no bearer-token provider registered for provider "X"`}},
 		{"credential failed", acq, map[string]any{"sessionId": "bad", "providerName": "fail"}, transport.CodeCredential, []string{`"fail"`, "identity endpoint said 403 for client 1234"}},
-		{"credential timed out", acq, map[string]any{"sessionId": "bad", "providerName": "hang"}, transport.CodeTimeout, []string{`"hang"`, "timed out after"}},
+		{"credential timed out", acq, map[string]any{"sessionId": "bad", "providerName": "hang"}, transport.CodeTimeout, []string{`"hang"`, "credential did not answer within"}},
 		{"empty token", acq, map[string]any{"sessionId": "bad", "providerName": "empty"}, transport.CodeInvalidToken, []string{`"empty"`, "empty token"}},
 		{"Bearer-prefixed token", transport.MethodGetToken, map[string]any{"sessionId": "bad", "providerName": "prefixed"}, transport.CodeInvalidToken, []string{`"prefixed"`, "Bearer"}},
 		{"scope not configured", acq, map[string]any{"sessionId": "bad", "providerName": "scoped", "scope": "api://other/.default"}, jsonrpc2.CodeInvalidParams, []string{"api://other/.default"}},

@@ -149,7 +149,7 @@ type credential struct {
 }
 
 func newCredential(prefix string) *credential {
-	return &credential{prefix: prefix, clock: tokens.SystemClock, life: time.Hour}
+	return &credential{prefix: prefix, clock: tokens.SystemClock(), life: time.Hour}
 }
 
 func (c *credential) Token(ctx context.Context, req tokens.Request) (tokens.Token, error) {

@@ -448,8 +448,8 @@ func testHangingCredential(t *testing.T, cli string) {
 	}
 	t.Logf("turn with a hanging credential ended after %s (%d credential calls): %s", took.Round(time.Millisecond), cred.calls(), se.Message)
 	// The broker's reply, carried into the CLI's message: "provider
-	// \"default\": token request timed out after 1s".
-	m := regexp.MustCompile(`token request timed out after ([0-9.]+m?s)`).FindStringSubmatch(se.Message)
+	// \"default\": credential did not answer within 1s".
+	m := regexp.MustCompile(`credential did not answer within ([0-9.]+m?s)`).FindStringSubmatch(se.Message)
 	if m == nil {
 		t.Fatal("session.error does not carry the broker's timeout reply")
 	}

@@ -20,10 +20,20 @@ type Policy struct {
 	// refresh point moves earlier: min(JitterFraction*lead, MaxJitter).
 	JitterFraction float64
 	MaxJitter      time.Duration
-	// BackoffBase doubles after each consecutive failure up to BackoffMax;
-	// the wait is drawn uniformly from [0, that] (full jitter).
+	// BackoffFloor is the shortest back-off window. It covers a runtime's
+	// retries of one request (the Copilot CLI sends 6 about 1 s apart), so
+	// they all get the failure at once instead of each starting a new call.
+	// Negative: no floor.
+	BackoffFloor time.Duration
+	// BackoffBase doubles after each consecutive failure; the window is
+	// drawn uniformly from [BackoffFloor, BackoffFloor + that] (full jitter
+	// above the floor) and never exceeds BackoffMax.
 	BackoffBase time.Duration
 	BackoffMax  time.Duration
+	// TimeoutFailures is how many consecutive failures a call that overran
+	// RefreshTimeout counts as: a hung identity endpoint is not fixed a
+	// second later, and each try costs a whole RefreshTimeout.
+	TimeoutFailures int
 	// RefreshTimeout bounds one call to the Source, whoever is waiting.
 	RefreshTimeout time.Duration
 }
@@ -32,14 +42,16 @@ type Policy struct {
 // policy, x/oauth2, MSAL and the AWS and Google credential caches.
 func DefaultPolicy() Policy {
 	return Policy{
-		Floor:          60 * time.Second,
-		HalfLifeFrom:   2 * time.Hour,
-		MinLead:        5 * time.Minute,
-		JitterFraction: 0.10,
-		MaxJitter:      5 * time.Minute,
-		BackoffBase:    time.Second,
-		BackoffMax:     60 * time.Second,
-		RefreshTimeout: 30 * time.Second,
+		Floor:           60 * time.Second,
+		HalfLifeFrom:    2 * time.Hour,
+		MinLead:         5 * time.Minute,
+		JitterFraction:  0.10,
+		MaxJitter:       5 * time.Minute,
+		BackoffFloor:    10 * time.Second,
+		BackoffBase:     time.Second,
+		BackoffMax:      60 * time.Second,
+		TimeoutFailures: 3,
+		RefreshTimeout:  30 * time.Second,
 	}
 }
 
@@ -68,6 +80,16 @@ func (p Policy) Normalize() Policy {
 	}
 	if p.BackoffMax < p.BackoffBase {
 		p.BackoffMax = max(d.BackoffMax, p.BackoffBase)
+	}
+	switch {
+	case p.BackoffFloor < 0:
+		p.BackoffFloor = 0
+	case p.BackoffFloor == 0:
+		p.BackoffFloor = d.BackoffFloor
+	}
+	p.BackoffFloor = min(p.BackoffFloor, p.BackoffMax)
+	if p.TimeoutFailures <= 0 {
+		p.TimeoutFailures = d.TimeoutFailures
 	}
 	if p.RefreshTimeout <= 0 {
 		p.RefreshTimeout = d.RefreshTimeout
@@ -143,18 +165,20 @@ func (p Policy) Servable(t Token, now time.Time) bool {
 }
 
 // Backoff is how long to wait before retrying after the given number of
-// consecutive failures (1 for the first), for a draw r in [0, 1): uniform in
-// [0, min(BackoffBase*2^(failures-1), BackoffMax)].
+// consecutive failures (1 for the first; a timeout counts TimeoutFailures),
+// for a draw r in [0, 1): uniform in [BackoffFloor, BackoffFloor +
+// min(BackoffBase*2^(failures-1), BackoffMax-BackoffFloor)].
 func (p Policy) Backoff(failures int, r float64) time.Duration {
 	if failures < 1 {
 		return 0
 	}
-	ceiling := p.BackoffBase
-	for i := 1; i < failures && ceiling < p.BackoffMax; i++ {
-		ceiling *= 2
+	room := max(p.BackoffMax-p.BackoffFloor, 0)
+	span := p.BackoffBase
+	for i := 1; i < failures && span < room; i++ {
+		span *= 2
 	}
-	ceiling = min(ceiling, p.BackoffMax)
-	return time.Duration(r * float64(ceiling))
+	span = min(span, room)
+	return p.BackoffFloor + time.Duration(r*float64(span))
 }
 
 // Clock is the time a provider runs on. Tests inject a fake one, or run in
@@ -164,8 +188,8 @@ type Clock interface {
 	AfterFunc(d time.Duration, f func()) (stop func() bool)
 }
 
-// SystemClock is the real clock.
-var SystemClock Clock = systemClock{}
+// SystemClock returns the real clock.
+func SystemClock() Clock { return systemClock{} }
 
 type systemClock struct{}
 

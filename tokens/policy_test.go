@@ -22,9 +22,11 @@ func TestDefaultPolicyNumbers(t *testing.T) {
 		MinLead:        5 * time.Minute,
 		JitterFraction: 0.10,
 		MaxJitter:      5 * time.Minute,
-		BackoffBase:    time.Second,
-		BackoffMax:     60 * time.Second,
-		RefreshTimeout: 30 * time.Second,
+		BackoffFloor:    10 * time.Second,
+		BackoffBase:     time.Second,
+		BackoffMax:      60 * time.Second,
+		TimeoutFailures: 3,
+		RefreshTimeout:  30 * time.Second,
 	}
 	if p != want {
 		t.Fatalf("DefaultPolicy() = %+v, want %+v", p, want)
@@ -271,51 +273,68 @@ func TestFloor(t *testing.T) {
 	}
 }
 
-func TestBackoffCeilings(t *testing.T) {
+// The window after n failures: never below the 10 s floor (a runtime's
+// retries of one request all fall inside it), full jitter above it over a
+// span doubling from 1 s, never above 60 s.
+func TestBackoffWindows(t *testing.T) {
 	p := tokens.DefaultPolicy()
-	want := []time.Duration{0, 1, 2, 4, 8, 16, 32, 60, 60, 60}
-	for failures, w := range want {
-		ceiling := w * time.Second
-		if got := p.Backoff(failures, 0.5); got != ceiling/2 {
-			t.Errorf("Backoff(%d, 0.5) = %s, want %s", failures, got, ceiling/2)
+	spans := []time.Duration{0, 1, 2, 4, 8, 16, 32, 50, 50, 50} // seconds above the floor
+	for failures := 1; failures < len(spans); failures++ {
+		span := spans[failures] * time.Second
+		if got := p.Backoff(failures, 0); got != p.BackoffFloor {
+			t.Errorf("Backoff(%d, 0) = %s, want the floor %s", failures, got, p.BackoffFloor)
 		}
-		if got := p.Backoff(failures, 0); got != 0 {
-			t.Errorf("Backoff(%d, 0) = %s, want 0 (full jitter)", failures, got)
+		if got := p.Backoff(failures, 0.5); got != p.BackoffFloor+span/2 {
+			t.Errorf("Backoff(%d, 0.5) = %s, want %s", failures, got, p.BackoffFloor+span/2)
 		}
-		if got := p.Backoff(failures, 0.9999999); got > ceiling || got < ceiling*99/100 {
-			t.Errorf("Backoff(%d, ~1) = %s, want just under %s", failures, got, ceiling)
+		if got := p.Backoff(failures, 0.9999999); got > p.BackoffFloor+span || got < p.BackoffFloor+span*99/100 {
+			t.Errorf("Backoff(%d, ~1) = %s, want just under %s", failures, got, p.BackoffFloor+span)
 		}
 	}
-	// No overflow for a very long outage.
+	// No overflow for a very long outage, and never past the ceiling.
 	for _, failures := range []int{63, 64, 1000, 1 << 30} {
-		if got := p.Backoff(failures, 0.5); got != 30*time.Second {
-			t.Errorf("Backoff(%d, 0.5) = %s, want 30s", failures, got)
+		if got := p.Backoff(failures, 0.9999999); got > p.BackoffMax || got < p.BackoffMax*99/100 {
+			t.Errorf("Backoff(%d, ~1) = %s, want just under %s", failures, got, p.BackoffMax)
 		}
 	}
 	if got := p.Backoff(-3, 0.5); got != 0 {
 		t.Errorf("Backoff(-3) = %s, want 0", got)
 	}
+	// A timeout starts where three errors would have left the window.
+	if got, want := p.Backoff(p.TimeoutFailures, 0.5), p.Backoff(3, 0.5); got != want || p.TimeoutFailures < 1 {
+		t.Errorf("after one timeout: %s, want %s", got, want)
+	}
+	// A negative floor is none: plain full jitter.
+	none := tokens.Policy{BackoffFloor: -1}.Normalize()
+	if got := none.Backoff(1, 0); got != 0 {
+		t.Errorf("no floor: Backoff(1, 0) = %s", got)
+	}
+	// A floor above the ceiling is the ceiling.
+	small := tokens.Policy{BackoffBase: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond}.Normalize()
+	if small.BackoffFloor != 100*time.Millisecond || small.Backoff(7, 0.9) != 100*time.Millisecond {
+		t.Errorf("floor %s, Backoff %s with a 100 ms ceiling", small.BackoffFloor, small.Backoff(7, 0.9))
+	}
 }
 
-func TestBackoffFullJitterDistribution(t *testing.T) {
+func TestBackoffFullJitterAboveFloor(t *testing.T) {
 	p := tokens.DefaultPolicy()
 	rng := rand.New(rand.NewPCG(3, 4))
 	for failures := 1; failures <= 8; failures++ {
-		ceiling := min(time.Second<<(failures-1), time.Minute)
+		span := min(time.Second<<(failures-1), p.BackoffMax-p.BackoffFloor)
 		var below, above int
 		for range 1000 {
 			d := p.Backoff(failures, rng.Float64())
-			if d < 0 || d > ceiling {
-				t.Fatalf("Backoff(%d) = %s outside [0, %s]", failures, d, ceiling)
+			if d < p.BackoffFloor || d > p.BackoffFloor+span {
+				t.Fatalf("Backoff(%d) = %s outside [%s, %s]", failures, d, p.BackoffFloor, p.BackoffFloor+span)
 			}
-			if d < ceiling/2 {
+			if d < p.BackoffFloor+span/2 {
 				below++
 			} else {
 				above++
 			}
 		}
 		if below < 400 || above < 400 {
-			t.Fatalf("failures %d: %d draws below half the ceiling, %d above: not uniform", failures, below, above)
+			t.Fatalf("failures %d: %d draws below the middle of the window, %d above: not uniform", failures, below, above)
 		}
 	}
 }
@@ -324,7 +343,8 @@ func TestNormalize(t *testing.T) {
 	d := tokens.DefaultPolicy()
 	z := tokens.Policy{}.Normalize()
 	if z.Floor != d.Floor || z.HalfLifeFrom != d.HalfLifeFrom || z.MinLead != d.MinLead ||
-		z.BackoffBase != d.BackoffBase || z.BackoffMax != d.BackoffMax || z.RefreshTimeout != d.RefreshTimeout {
+		z.BackoffFloor != d.BackoffFloor || z.BackoffBase != d.BackoffBase || z.BackoffMax != d.BackoffMax ||
+		z.TimeoutFailures != d.TimeoutFailures || z.RefreshTimeout != d.RefreshTimeout {
 		t.Fatalf("zero Policy normalized to %+v", z)
 	}
 	if z.JitterFraction != 0 || z.MaxJitter != 0 {
@@ -335,8 +355,8 @@ func TestNormalize(t *testing.T) {
 	if big.BackoffMax != 2*time.Minute {
 		t.Fatalf("BackoffMax = %s with a 2 min base", big.BackoffMax)
 	}
-	if got := big.Backoff(5, 0.5); got != time.Minute {
-		t.Fatalf("Backoff with 2 min base = %s, want 1m", got)
+	if got := big.Backoff(5, 0.5); got != 65*time.Second {
+		t.Fatalf("Backoff with 2 min base = %s, want 10s + 110s/2", got)
 	}
 	custom := tokens.Policy{HalfLifeFrom: time.Hour, MinLead: time.Minute}.Normalize()
 	if got := custom.Lead(tok(time.Hour), t0); got != 30*time.Minute {

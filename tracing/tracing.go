@@ -72,5 +72,6 @@ const (
 	MetricRefreshDuration = "tokenbroker.refresh.duration" // histogram, seconds: reason, outcome
 	MetricActiveSessions  = "tokenbroker.sessions.active"  // up-down counter
 	MetricActiveProviders = "tokenbroker.providers.active" // up-down counter
+	MetricCallsWaiting    = "tokenbroker.calls.waiting"    // up-down counter: credential calls waiting for the broker's call limit
 	MetricTokenRemaining  = "tokenbroker.token.remaining"  // histogram, seconds left on served tokens
 )

@@ -70,9 +70,15 @@ type Server struct {
 	header string // App Service: the X-IDENTITY-HEADER value expected
 	entra  bool
 
+	quit chan struct{} // closed by Close: ends the requests held by Hang
+
 	mu         sync.Mutex
 	log        []Request
 	issued     int
+	received   int // token requests that arrived, answered or not
+	inFlight   int
+	maxFlight  int
+	hang       bool
 	failStatus int
 	failBody   string
 	unexpected []string
@@ -82,7 +88,7 @@ type Server struct {
 // Point ManagedIdentityCredential at it with IDENTITY_ENDPOINT=Endpoint()
 // and IDENTITY_HEADER=Header().
 func NewAppService(opts Options) *Server {
-	s := &Server{opts: opts.withDefaults(), header: randomString("hdr", 16)}
+	s := &Server{opts: opts.withDefaults(), header: randomString("hdr", 16), quit: make(chan struct{})}
 	s.srv = newLoopbackServer(http.HandlerFunc(s.serveAppService), false)
 	return s
 }
@@ -92,7 +98,7 @@ func NewAppService(opts Options) *Server {
 // HTTPClient() as its ClientOptions.Transport, and set
 // DisableInstanceDiscovery.
 func NewEntra(opts Options) *Server {
-	s := &Server{opts: opts.withDefaults(), entra: true}
+	s := &Server{opts: opts.withDefaults(), entra: true, quit: make(chan struct{})}
 	s.srv = newLoopbackServer(http.HandlerFunc(s.serveEntra), true)
 	return s
 }
@@ -181,6 +187,31 @@ func (s *Server) Unexpected() []string {
 	return append([]string(nil), s.unexpected...)
 }
 
+// Received is the number of token requests that arrived, including those
+// still held (Hang, Delay) and those that failed.
+func (s *Server) Received() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.received
+}
+
+// MaxInFlight is the largest number of token requests the server was
+// handling at the same moment.
+func (s *Server) MaxInFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxFlight
+}
+
+// Hang makes every following token request go unanswered: it is held
+// until the client gives up or the server closes (an identity endpoint
+// that accepts connections and never replies).
+func (s *Server) Hang() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hang = true
+}
+
 // Fail makes every following token request fail with status and the JSON
 // body given (an identity endpoint's error); Fail(0, "") recovers.
 func (s *Server) Fail(status int, body string) {
@@ -189,8 +220,11 @@ func (s *Server) Fail(status int, body string) {
 	s.failStatus, s.failBody = status, body
 }
 
-// Close stops the server.
-func (s *Server) Close() { s.srv.Close() }
+// Close stops the server, ending the requests it holds.
+func (s *Server) Close() {
+	close(s.quit)
+	s.srv.Close()
+}
 
 func (s *Server) serveAppService(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -248,13 +282,30 @@ func (s *Server) serveEntra(w http.ResponseWriter, r *http.Request) {
 // issue answers a token request with a new token, or with the configured
 // failure.
 func (s *Server) issue(w http.ResponseWriter, r *http.Request, req *Request, extra map[string]any) {
-	if s.opts.Delay > 0 {
-		t := time.NewTimer(s.opts.Delay)
-		defer t.Stop()
+	s.mu.Lock()
+	s.received++
+	s.inFlight++
+	s.maxFlight = max(s.maxFlight, s.inFlight)
+	hang := s.hang
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.inFlight--
+		s.mu.Unlock()
+	}()
+	if hang || s.opts.Delay > 0 {
+		var delay <-chan time.Time // nil, never ready, while hanging
+		if !hang {
+			t := time.NewTimer(s.opts.Delay)
+			defer t.Stop()
+			delay = t.C
+		}
 		select {
-		case <-t.C:
+		case <-delay:
 		case <-r.Context().Done():
 			return // the client gave up; Close need not wait out the delay
+		case <-s.quit:
+			return
 		}
 	}
 	s.mu.Lock()

@@ -1,11 +1,14 @@
 package fakeidentity
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -103,5 +106,72 @@ func TestLoopbackOnly(t *testing.T) {
 	_, err := s.HTTPClient().Get("http://169.254.169.254/metadata/identity/oauth2/token")
 	if err == nil || !strings.Contains(err.Error(), "refusing to dial non-loopback") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// Hang holds token requests unanswered until the client gives up, counts
+// them as received, never as issued; Close ends the ones still held.
+func TestHang(t *testing.T) {
+	s := NewAppService(Options{})
+	c := s.HTTPClient()
+	s.Hang()
+	q := "?api-version=" + AppServiceAPIVersion + "&resource=r"
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Endpoint()+q, nil)
+	req.Header.Set("X-IDENTITY-HEADER", s.Header())
+	if resp, err := c.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a hanging endpoint answered %d", resp.StatusCode)
+	}
+	// One more, left held when the server closes.
+	held := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, s.Endpoint()+q, nil)
+		req.Header.Set("X-IDENTITY-HEADER", s.Header())
+		resp, err := c.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		held <- err
+	}()
+	for s.Received() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	if s.MaxInFlight() < 1 || s.Issued() != 0 {
+		t.Fatalf("in flight at most %d, issued %d", s.MaxInFlight(), s.Issued())
+	}
+	s.Close()
+	<-held
+}
+
+// MaxInFlight is the peak of concurrent requests.
+func TestMaxInFlight(t *testing.T) {
+	s := NewAppService(Options{Delay: 50 * time.Millisecond})
+	defer s.Close()
+	c := s.HTTPClient()
+	q := "?api-version=" + AppServiceAPIVersion + "&resource=r"
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			req, _ := http.NewRequest(http.MethodGet, s.Endpoint()+q, nil)
+			req.Header.Set("X-IDENTITY-HEADER", s.Header())
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Error(err) // not Fatal: this is not the test's goroutine
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("status %d", resp.StatusCode)
+			}
+		})
+	}
+	wg.Wait()
+	if n := s.MaxInFlight(); n < 2 || n > 5 {
+		t.Fatalf("MaxInFlight %d for 5 concurrent requests of 50 ms", n)
+	}
+	if s.Received() != 5 || s.Issued() != 5 {
+		t.Fatalf("received %d, issued %d", s.Received(), s.Issued())
 	}
 }

@@ -1,0 +1,180 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tokenbroker/tokenbroker/tokens"
+	"github.com/tokenbroker/tokenbroker/tracing"
+)
+
+// callSpec says which credential call to make and why.
+type callSpec struct {
+	reason  Reason
+	session string          // a per-session provider's session, passed to its Source
+	trigger context.Context // the request that caused it, for trace parentage; nil: none
+	// background: the call serves whoever comes next, not the trigger: a
+	// new trace, linked to the trigger's span.
+	background bool
+}
+
+// expiredWarnEvery rate-limits the warning about a Source handing out
+// expired tokens: it fires on every request such a Source serves.
+const expiredWarnEvery = time.Minute
+
+// runSource makes one credential call with its own span, waits for a slot
+// of the broker's call limit, bounds the call by RefreshTimeout from the
+// moment it has one (started is called then), and turns a panic, an
+// error, a timeout or an invalid token into the one message of its kind.
+// The call ends early when halt does.
+func (b *Broker) runSource(p *provider, c callSpec, halt context.Context, started func()) (tok tokens.Token, err error) {
+	trigger := c.trigger
+	if trigger == nil {
+		trigger = context.Background()
+	}
+	attrs := trace.WithAttributes(
+		tracing.ProviderName.String(p.name),
+		tracing.RefreshReason.String(c.reason.String()),
+		tracing.Shared.Bool(p.shared != nil),
+	)
+	var ctx context.Context
+	var span trace.Span
+	if c.background {
+		link := trace.LinkFromContext(trigger)
+		ctx, span = b.tracer.Start(context.Background(), tracing.SpanRefresh, attrs, trace.WithNewRoot(), trace.WithLinks(link))
+	} else {
+		ctx, span = b.tracer.Start(context.WithoutCancel(trigger), tracing.SpanRefresh, attrs)
+	}
+	defer span.End()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(halt, cancel)
+	defer stop()
+
+	start := time.Now()
+	if err = b.calls.acquire(ctx, p); err == nil {
+		if started != nil {
+			started()
+		}
+		callCtx, cancelCall := context.WithTimeout(ctx, b.policy.RefreshTimeout)
+		// The slot is free again when the call returns or its deadline
+		// passes: a Source that ignores its context must not keep it.
+		release := sync.OnceFunc(func() { b.calls.release(p) })
+		context.AfterFunc(callCtx, release)
+		tok, err = callSafely(callCtx, p.src, p.request(c.session))
+		err = b.callError(p, callCtx, tok, err)
+		release()
+		cancelCall()
+	} else {
+		err = b.closedError(p.closedWhat())
+	}
+	if err != nil {
+		tok = tokens.Token{}
+	} else {
+		p.recent.add(tok.Value)
+		b.warnIfExpired(p, tok)
+	}
+
+	outcome := tracing.RefreshOK
+	if err != nil {
+		outcome = tracing.RefreshError
+		span.SetStatus(codes.Error, err.Error())
+	} else if !tok.Bare() {
+		span.SetAttributes(tracing.TokenLifetime.Float64(tok.ExpiresOn.Sub(b.clock.Now()).Seconds()))
+	}
+	span.SetAttributes(tracing.RefreshOutcome.String(outcome))
+	b.metrics.refreshed(c.reason, outcome, time.Since(start).Seconds())
+	switch {
+	case errors.Is(err, ErrClosed):
+		b.log.Debug("tokenbroker: credential call cancelled", "provider", p.name, "reason", c.reason.String())
+	case err != nil:
+		b.log.Warn("tokenbroker: credential call failed", "provider", p.name, "reason", c.reason.String(), "error", err.Error())
+	}
+	return tok, err
+}
+
+// callError maps what the Source returned to the broker's errors. Every
+// text taken from the Source is scrubbed of secrets, the tokens this
+// provider served recently included.
+func (b *Broker) callError(p *provider, ctx context.Context, tok tokens.Token, err error) error {
+	switch {
+	case err == nil:
+		if verr := tok.Validate(); verr != nil {
+			return invalidToken(verr)
+		}
+		return nil
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		// The Source's own words add nothing here ("context deadline
+		// exceeded", and advice to troubleshoot elsewhere).
+		return timedOut(b.policy.RefreshTimeout, err)
+	case ctx.Err() != nil:
+		// Its provider stopped or the broker is closing: nobody is
+		// waiting for this answer any more.
+		return b.closedError(p.closedWhat())
+	}
+	return failed(err, p.recent.scrub(err.Error()))
+}
+
+// warnIfExpired logs a Source that hands out tokens already expired: they
+// are never cached, so every request calls the Source.
+func (b *Broker) warnIfExpired(p *provider, tok tokens.Token) {
+	now := b.clock.Now()
+	if tok.Bare() || tok.ExpiresOn.After(now) {
+		return
+	}
+	last := p.warnedExpired.Load()
+	if last != 0 && now.UnixNano()-last < int64(expiredWarnEvery) {
+		return
+	}
+	if p.warnedExpired.CompareAndSwap(last, now.UnixNano()) {
+		b.log.Warn("tokenbroker: credential returned an expired token; it is not cached, so every request calls the credential",
+			"provider", p.name, "expired_for", now.Sub(tok.ExpiresOn).Round(time.Second).String(), "token", tok)
+	}
+}
+
+// callSafely runs the source and turns a panic into an error.
+func callSafely(ctx context.Context, src tokens.Source, req tokens.Request) (tok tokens.Token, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("credential panicked: %s", panicSummary(v))
+		}
+	}()
+	return src.Token(ctx, req)
+}
+
+// panicSummary describes a panic without its value when that value is an
+// arbitrary string: it could hold anything, a secret included.
+func panicSummary(v any) string {
+	if e, ok := v.(error); ok {
+		return fmt.Sprintf("%T", e)
+	}
+	return fmt.Sprintf("%T value", v)
+}
+
+// recentTokens remembers the last few token values a provider served, so
+// that a Source quoting one in an error (the token it is asked to replace,
+// say) does not leak it through the broker's messages.
+type recentTokens struct {
+	mu     sync.Mutex
+	values [4]string
+	next   int
+}
+
+func (r *recentTokens) add(v string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.values[r.next] = v
+	r.next = (r.next + 1) % len(r.values)
+}
+
+func (r *recentTokens) scrub(s string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return tokens.Scrub(s, r.values[:]...)
+}

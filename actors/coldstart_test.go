@@ -1,0 +1,201 @@
+package actors_test
+
+// Cold-start storms: a multi-tenant host that restarts asks for the first
+// token of every credential at once.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
+	"github.com/tokenbroker/tokenbroker/internal/testenv"
+	"github.com/tokenbroker/tokenbroker/tokens"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+	"github.com/tokenbroker/tokenbroker/tracing"
+)
+
+// 1,000 credentials cold at once, each call taking 50 ms: never more than
+// the limit (64) run together, the waiting calls show in the metric, and
+// every session gets its token after 16 rounds of 50 ms.
+func TestColdStartStormBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reader := sdkmetric.NewManualReader()
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		defer mp.Shutdown(context.Background())
+		b := newBroker(t, actors.Options{MeterProvider: mp})
+		defer closeBroker(t, b)
+		var running, peak atomic.Int64
+		src := &fakeSource{fn: func(_ context.Context, n int64, _ tokens.Request) (tokens.Token, error) {
+			now := running.Add(1)
+			for p := peak.Load(); now > p && !peak.CompareAndSwap(p, now); p = peak.Load() {
+			}
+			time.Sleep(50 * time.Millisecond)
+			running.Add(-1)
+			return tokens.Token{Value: value("t", int(n)), ExpiresOn: time.Now().Add(time.Hour)}, nil
+		}}
+		r := b.NewRouter()
+		const creds = 1000
+		for i := range creds {
+			c := credential(t, b, fmt.Sprint("tenant-", i), "", src)
+			open(t, r, fmt.Sprint("s", i), actors.Provider{Name: "p", Source: c})
+		}
+		var wg sync.WaitGroup
+		took := make([]time.Duration, creds)
+		for i := range creds {
+			wg.Go(func() {
+				start := time.Now()
+				if _, err := acquire(r, fmt.Sprint("s", i), "p"); err != nil {
+					t.Error(err)
+				}
+				took[i] = time.Since(start)
+			})
+		}
+		time.Sleep(time.Millisecond)
+		if w := gaugeValue(t, reader, tracing.MetricCallsWaiting); w != creds-actors.DefaultMaxConcurrentCalls {
+			t.Errorf("%s = %d during the storm, want %d", tracing.MetricCallsWaiting, w, creds-actors.DefaultMaxConcurrentCalls)
+		}
+		wg.Wait()
+		if p := peak.Load(); p != actors.DefaultMaxConcurrentCalls {
+			t.Fatalf("%d credential calls ran at once, want the limit %d", p, actors.DefaultMaxConcurrentCalls)
+		}
+		rounds := (creds + actors.DefaultMaxConcurrentCalls - 1) / actors.DefaultMaxConcurrentCalls
+		if last := slices.Max(took); last != time.Duration(rounds)*50*time.Millisecond {
+			t.Fatalf("last session served after %s, want %d rounds of 50 ms", last, rounds)
+		}
+		if w := gaugeValue(t, reader, tracing.MetricCallsWaiting); w != 0 {
+			t.Errorf("%s = %d after the storm", tracing.MetricCallsWaiting, w)
+		}
+	})
+}
+
+func gaugeValue(t *testing.T, reader *sdkmetric.ManualReader, name string) int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if s, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == name && len(s.DataPoints) == 1 {
+				return s.DataPoints[0].Value
+			}
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+// BenchmarkColdStart: 1,000 credentials, each a real azidentity
+// ManagedIdentityCredential with its own client id, cold at once against a
+// fake App Service identity endpoint answering in 50 ms; one session per
+// credential asks for its first token. Reported: the peak of identity
+// requests in flight and the p99 time to first token, with the default
+// limit and with none (a limit above the number of credentials).
+func BenchmarkColdStart(b *testing.B) {
+	for _, limit := range []int{actors.DefaultMaxConcurrentCalls, 1 << 20} {
+		name := fmt.Sprint("limit=", limit)
+		if limit > 1000 {
+			name = "limit=none"
+		}
+		b.Run(name, func(b *testing.B) {
+			var peak, p99 float64
+			for b.Loop() {
+				pk, p := coldStart(b, limit, 1000)
+				peak, p99 = max(peak, float64(pk)), max(p99, p)
+			}
+			b.ReportMetric(peak, "max-inflight")
+			b.ReportMetric(p99, "p99-ttft-ms")
+		})
+	}
+}
+
+// coldStart runs one storm and returns the identity endpoint's peak of
+// requests in flight and the p99 time to first token in milliseconds.
+func coldStart(b *testing.B, limit, creds int) (int, float64) {
+	fake := fakeidentity.NewAppService(fakeidentity.Options{Delay: 50 * time.Millisecond})
+	defer fake.Close()
+	testenv.AppServiceIdentity(b, fake.Endpoint(), fake.Header())
+	broker := actors.NewBroker(actors.Options{MaxConcurrentCalls: limit})
+	defer broker.Close()
+	r := broker.NewRouter()
+	run := make([]byte, 4)
+	_, _ = rand.Read(run)
+	scope := "api://tokenbroker-coldstart-" + hex.EncodeToString(run) + "/.default"
+	for i := range creds {
+		// azidentity caches process-wide by identity and resource: a new
+		// client id per credential and run keeps every one cold.
+		mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
+			ID:            azidentity.ClientID(fmt.Sprintf("client-%s-%d", hex.EncodeToString(run), i)),
+			ClientOptions: azcore.ClientOptions{Transport: fake.HTTPClient()},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c, err := broker.NewCredential(fmt.Sprint("tenant-", i), scope, azuresource.New(mi))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Open(fmt.Sprint("s", i), []actors.Provider{{Name: "p", Source: c}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	took := make([]time.Duration, creds)
+	var wg sync.WaitGroup
+	for i := range creds {
+		wg.Go(func() {
+			start := time.Now()
+			if _, err := r.Acquire(context.Background(), tokens.Request{SessionID: fmt.Sprint("s", i), ProviderName: "p"}); err != nil {
+				b.Error(err)
+			}
+			took[i] = time.Since(start)
+		})
+	}
+	wg.Wait()
+	if fake.Issued() != creds {
+		b.Fatalf("%d tokens issued for %d cold credentials", fake.Issued(), creds)
+	}
+	if fake.MaxInFlight() > limit {
+		b.Fatalf("%d identity requests in flight, limit %d", fake.MaxInFlight(), limit)
+	}
+	slices.Sort(took)
+	return fake.MaxInFlight(), float64(took[len(took)*99/100].Microseconds()) / 1000
+}
+
+// A Source that ignores its context holds its slot only until its
+// deadline: stuck calls cannot use up the limit.
+func TestStuckCallFreesItsSlotAtDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBroker(t, actors.Options{MaxConcurrentCalls: 1, RequestTimeout: time.Minute})
+		defer closeBroker(t, b)
+		release := make(chan struct{})
+		defer close(release) // before the broker closes
+		stuck := &fakeSource{fn: func(context.Context, int64, tokens.Request) (tokens.Token, error) {
+			<-release // ignores its context altogether
+			return tokens.Token{}, fmt.Errorf("late")
+		}}
+		r := b.NewRouter()
+		open(t, r, "stuck", actors.Provider{Name: "p", Source: stuck})
+		open(t, r, "ok", actors.Provider{Name: "p", Source: lived("t", time.Hour)})
+		go func() { _, _ = acquire(r, "stuck", "p") }()
+		synctest.Wait() // the stuck call holds the one slot
+		start := time.Now()
+		mustAcquire(t, r, "ok", "p")
+		if waited := time.Since(start); waited != b.Policy().RefreshTimeout {
+			t.Fatalf("the other credential waited %s for the slot, want the stuck call's deadline %s", waited, b.Policy().RefreshTimeout)
+		}
+	})
+}

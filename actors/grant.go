@@ -1,0 +1,54 @@
+package actors
+
+import (
+	"github.com/tokenbroker/tokenbroker/tokens"
+	"github.com/tokenbroker/tokenbroker/tracing"
+)
+
+// Outcome says how a token request was served.
+type Outcome uint8
+
+const (
+	OutcomeError     Outcome = iota
+	OutcomeHit               // served from the cache
+	OutcomeCoalesced         // joined a refresh another request started
+	OutcomeRefreshed         // started the refresh that served it
+	OutcomeBare              // a single-use token fetched for this request
+)
+
+// String is the value recorded as tracing.Outcome.
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeHit:
+		return tracing.OutcomeHit
+	case OutcomeCoalesced:
+		return tracing.OutcomeCoalesced
+	case OutcomeRefreshed:
+		return tracing.OutcomeRefreshed
+	case OutcomeBare:
+		return tracing.OutcomeBare
+	}
+	return tracing.OutcomeError
+}
+
+// Reason says why a credential was called.
+type Reason uint8
+
+const (
+	ReasonCold        Reason = iota // nothing cached yet
+	ReasonProactive                 // past the refresh point, token still valid
+	ReasonExpired                   // cached token past the floor
+	ReasonInvalidated               // cache dropped by Invalidate
+	ReasonRetry                     // background retry after a failure
+	ReasonBare                      // single-use token
+)
+
+func (r Reason) String() string {
+	return [...]string{"cold", "proactive", "expired", "invalidated", "retry", "bare"}[r]
+}
+
+// Grant is a served token and how it was served.
+type Grant struct {
+	Token   tokens.Token
+	Outcome Outcome
+}

@@ -1,0 +1,130 @@
+package e2e
+
+// What a user sees when the identity endpoint breaks, against the real
+// Copilot CLI 1.0.102 with default broker settings: ten sessions on one
+// shared azidentity ManagedIdentityCredential. The CLI retries a failed
+// token request (6 requests about 1 s apart) before failing the turn with
+// session.error; the broker's back-off floor answers those retries at once.
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+
+	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/clitest"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
+	"github.com/tokenbroker/tokenbroker/internal/testenv"
+	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+)
+
+// The subtests run one after the other: azidentity reads the identity
+// endpoint from the environment at each call, so two fakes cannot be
+// served in parallel in one process.
+func TestTurnFailsWithinOneDeadline(t *testing.T) {
+	cli := clitest.Path(t)
+	for _, tc := range []struct {
+		name   string
+		breaks func(*fakeidentity.Server)
+		// retries: azidentity's own retries of a 500 (azcore's default, 4
+		// tries over about 5.6 s) come before the broker sees the error;
+		// -1 turns them off, as a service relying on the broker's back-off
+		// and the runtime's retries may.
+		retries  int
+		within   time.Duration // the turn's error arrives within this
+		says     []string
+		requests int // the most the identity endpoint may see
+	}{
+		{"identity endpoint hangs", (*fakeidentity.Server).Hang, 0, 45 * time.Second,
+			[]string{`shared credential "mi": timed out: credential did not answer within 30s; next try in `}, 2},
+		{"identity endpoint answers 500", func(f *fakeidentity.Server) {
+			f.Fail(500, `{"statusCode":500,"message":"identity service unavailable"}`)
+		}, -1, 10 * time.Second,
+			[]string{`shared credential "mi": credential failed: `, "HTTP 500", "identity service unavailable", "; next try in "}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testContext(t)
+			fake := fakeidentity.NewAppService(fakeidentity.Options{})
+			t.Cleanup(fake.Close)
+			tc.breaks(fake)
+			mi := managedIdentityAt(t, fake, tc.retries)
+			b := newBroker(t, actors.Options{})
+			c := startCLI(t, cli, b, client.Options{})
+			model := newModel(t, "never")
+			scope := "api://tokenbroker-e2e-turnfailure/.default"
+			cred, err := b.NewCredential("mi", scope, azuresource.New(mi))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := provider(model, cred, scope)
+			const sessionCount = 10
+			var wg sync.WaitGroup
+			errs := make([]error, sessionCount)
+			took := make([]time.Duration, sessionCount)
+			for i := range sessionCount {
+				sess, err := c.CreateSession(ctx, sessions.SessionConfig{SessionID: fmt.Sprintf("e2e-turnfail-%d", i), Model: "gpt-4o", Provider: &p})
+				if err != nil {
+					t.Fatal(err)
+				}
+				wg.Go(func() {
+					start := time.Now()
+					_, errs[i] = sess.SendAndWait(ctx, "hello")
+					took[i] = time.Since(start)
+				})
+			}
+			wg.Wait()
+			for i, err := range errs {
+				var se *client.SessionError
+				if !errors.As(err, &se) {
+					t.Fatalf("session %d: %v after %s, want a session.error", i, err, took[i])
+				}
+				if i == 0 {
+					t.Logf("turn failed after %s: %s", took[i].Round(time.Millisecond), se.Message)
+				}
+				if took[i] > tc.within {
+					t.Errorf("session %d: the turn failed after %s, want within %s", i, took[i].Round(time.Millisecond), tc.within)
+				}
+				for _, s := range tc.says {
+					if !strings.Contains(se.Message, s) {
+						t.Errorf("session %d: session.error does not say %q: %s", i, s, se.Message)
+					}
+				}
+			}
+			if model.Count() != 0 {
+				t.Errorf("the model was called %d times without a token", model.Count())
+			}
+			if n := fake.Received(); n > tc.requests {
+				t.Errorf("the identity endpoint got %d requests, want at most %d", n, tc.requests)
+			}
+			t.Logf("identity endpoint requests: %d", fake.Received())
+		})
+	}
+}
+
+// managedIdentityAt is a ManagedIdentityCredential for the App Service
+// identity endpoint fake, with a client id of its own (azidentity's token
+// cache is process-wide).
+func managedIdentityAt(t *testing.T, fake *fakeidentity.Server, retries int) azcore.TokenCredential {
+	t.Helper()
+	testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
+	mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
+		ID: azidentity.ClientID(fmt.Sprint("e2e-turnfail-", time.Now().UnixNano())),
+		ClientOptions: azcore.ClientOptions{
+			Transport: fake.HTTPClient(),
+			Retry:     policy.RetryOptions{MaxRetries: int32(retries)},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mi
+}
