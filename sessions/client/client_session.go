@@ -143,11 +143,13 @@ func (s *Session) Destroy(ctx context.Context) error {
 		if err != nil {
 			return
 		}
+		// Only an explicit false means an unknown session: an empty
+		// result is success.
 		var res struct {
-			Success bool `json:"success"`
+			Success *bool `json:"success"`
 		}
 		err = s.c.call(ctx, methodDestroy, map[string]any{"sessionId": s.id}, &res)
-		if err == nil && !res.Success {
+		if err == nil && res.Success != nil && !*res.Success {
 			err = fmt.Errorf("client: %s: the runtime does not know session %q", methodDestroy, s.id)
 		}
 		s.c.forget(s, ErrSessionClosed)
