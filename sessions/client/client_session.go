@@ -10,8 +10,9 @@ import (
 // Session is a runtime session created or resumed by a Client, with its
 // token routing open on the client's connection.
 type Session struct {
-	c  *Client
-	id string
+	c         *Client
+	id        string
+	providers []string // names of the providers whose tokens this side serves
 
 	dropped atomic.Int64
 
@@ -23,8 +24,8 @@ type Session struct {
 	destroy sync.Once
 }
 
-func newSession(c *Client, id string, buffer int) *Session {
-	s := &Session{c: c, id: id, turns: map[*turn]struct{}{}, done: make(chan struct{})}
+func newSession(c *Client, id string, providers []string, buffer int) *Session {
+	s := &Session{c: c, id: id, providers: providers, turns: map[*turn]struct{}{}, done: make(chan struct{})}
 	if buffer > 0 {
 		s.events = make(chan Event, buffer)
 	}
@@ -160,6 +161,7 @@ func (s *Session) Destroy(ctx context.Context) error {
 // deliver hands an event to the waiting turns and to Events. It runs on the
 // connection's read loop and never blocks.
 func (s *Session) deliver(ev Event) {
+	ev = s.heal(ev)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {

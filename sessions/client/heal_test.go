@@ -1,0 +1,102 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
+	"github.com/tokenbroker/tokenbroker/tokens"
+)
+
+// A token the model endpoint rejects heals: the turn that got 401 on every
+// retry fails with ErrTokenRejected (still a *SessionError), the client has
+// invalidated the cached token, and the next turn succeeds with a fresh one.
+// With a shared Credential and with a per-session source, in both dialects.
+func TestRejectedTokenHeals(t *testing.T) {
+	for _, d := range []runtimesim.Dialect{runtimesim.Acquire, runtimesim.GetToken} {
+		for _, shared := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/shared=%v", d, shared), func(t *testing.T) {
+				const rejected = "tok-1"
+				srv := newSimServer(t, runtimesim.Options{Dialect: d}, fakemodel.Options{
+					RequireToken: func(auth string) bool { return auth != "Bearer "+rejected },
+				})
+				b := simBroker(t)
+				c := connectTo(t, b, srv)
+				var calls atomic.Int64
+				var src tokens.Source = tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) {
+					return tokens.Token{Value: fmt.Sprintf("tok-%d", calls.Add(1)), ExpiresOn: time.Now().Add(time.Hour)}, nil
+				})
+				if shared {
+					cred, err := b.NewCredential("mi", "", src)
+					if err != nil {
+						t.Fatal(err)
+					}
+					src = cred
+				}
+				sess, err := c.CreateSession(ctxT(t), sessions.SessionConfig{
+					Model:    "gpt-4o",
+					Provider: &sessions.ProviderConfig{Type: "openai", BaseURL: srv.Model.URL(), BearerTokenSource: src},
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+
+				_, err = sess.SendAndWait(ctxT(t), "first")
+				var se *client.SessionError
+				if !errors.Is(err, client.ErrTokenRejected) || !errors.As(err, &se) || se.Type != "authentication" || !errors.Is(err, client.ErrSessionFailed) {
+					t.Fatalf("first turn: %v, want ErrTokenRejected wrapping the authentication SessionError", err)
+				}
+				if !strings.Contains(err.Error(), "invalidated") || !strings.Contains(err.Error(), `"default"`) {
+					t.Errorf("the error does not say what was invalidated: %v", err)
+				}
+				if strings.Contains(err.Error(), rejected) {
+					t.Errorf("the error shows the token")
+				}
+
+				if ans, err := sess.SendAndWait(ctxT(t), "second"); err != nil || ans != fakemodel.DefaultReply {
+					t.Fatalf("second turn: %q, %v", ans, err)
+				}
+				reqs := srv.ModelRequests()
+				first, last := reqs[0], reqs[len(reqs)-1]
+				if first.Fingerprint != tokens.Fingerprint(rejected) || first.Status != 401 {
+					t.Errorf("first model request %+v, want the rejected token and 401", first)
+				}
+				if last.Fingerprint == first.Fingerprint || last.Status != 200 {
+					t.Errorf("last model request %+v, want a fresh token and 200", last)
+				}
+				if n := calls.Load(); n != 2 {
+					t.Errorf("source called %d times, want 2 (cold, then once after the invalidation)", n)
+				}
+			})
+		}
+	}
+}
+
+// Only our tokens are invalidated: a 401 on a provider with a static key,
+// and a failure of another kind, reach the caller as the runtime sent them.
+func TestOtherFailuresDoNotHeal(t *testing.T) {
+	srv := newSimServer(t, runtimesim.Options{Dialect: runtimesim.GetToken}, fakemodel.Options{
+		RequireToken: func(auth string) bool { return false },
+	})
+	c := connectTo(t, simBroker(t), srv)
+	sess, err := c.CreateSession(ctxT(t), sessions.SessionConfig{
+		Model:    "gpt-4o",
+		Provider: &sessions.ProviderConfig{Type: "openai", BaseURL: srv.Model.URL(), APIKey: "sk-static"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = sess.SendAndWait(ctxT(t), "x")
+	var se *client.SessionError
+	if !errors.As(err, &se) || se.Type != "authentication" || errors.Is(err, client.ErrTokenRejected) {
+		t.Fatalf("static key 401: %v, want the plain authentication SessionError", err)
+	}
+}
