@@ -1,4 +1,4 @@
-// Command runtimesim runs the runtime simulator of internal/runtimesim.
+// Command runtimesim runs the runtime simulator of sessions/runtimesim.
 //
 // By default it serves one JSON-RPC connection on stdin/stdout, like
 // `copilot --headless --stdio`, and exits when stdin closes. With -listen it
