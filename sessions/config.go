@@ -146,12 +146,13 @@ func mergeJSON(v any, extra map[string]any, edit func(map[string]any)) ([]byte, 
 
 // Configuration mistakes WireParams, Open and the runtime client refuse
 // before anything is sent; the error wrapping one names the provider.
+// Each names the field at fault.
 var (
-	ErrNoCredential    = errors.New("sessions: provider has neither a BearerTokenSource nor an APIKey or BearerToken")
-	ErrScopeNoSource   = errors.New("sessions: BearerTokenScope is set but BearerTokenSource is nil")
-	ErrTwoCredentials  = errors.New("sessions: BearerTokenSource is set together with APIKey or BearerToken")
-	ErrScopeRequired   = errors.New("sessions: BearerTokenSource needs a BearerTokenScope")
-	ErrProviderAndList = errors.New("sessions: Provider cannot be combined with Providers or Models (the runtime rejects it)")
+	ErrNoCredential    = errors.New("provider has neither a BearerTokenSource nor an APIKey or BearerToken")
+	ErrScopeNoSource   = errors.New("BearerTokenScope is set but BearerTokenSource is nil")
+	ErrTwoCredentials  = errors.New("BearerTokenSource is set together with APIKey or BearerToken")
+	ErrScopeRequired   = errors.New("BearerTokenSource needs a BearerTokenScope")
+	ErrProviderAndList = errors.New("Provider cannot be combined with Providers or Models (the runtime rejects it)")
 )
 
 // Params is a session.create or session.resume request body, ready for the
@@ -170,7 +171,7 @@ type Params struct {
 // DefaultProviderName.
 func WireParams(cfg SessionConfig) (Params, error) {
 	if cfg.Provider != nil && (len(cfg.Providers) > 0 || len(cfg.Models) > 0) {
-		return Params{}, ErrProviderAndList
+		return Params{}, fmt.Errorf("sessions: %w", ErrProviderAndList)
 	}
 	if cfg.SessionID == "" {
 		cfg.SessionID = newSessionID()
