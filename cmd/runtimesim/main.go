@@ -19,7 +19,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -106,20 +105,6 @@ func serveTCP(ctx context.Context, rt *runtimesim.Runtime, addr string, stdout i
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		wg.Go(func() { _ = rt.Serve(ctx, c) })
-	}
+	return rt.ServeListener(ctx, ln)
 }

@@ -58,3 +58,24 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	return s.Model.Close()
 }
+
+// ServeListener serves every connection ln accepts, each as Serve does,
+// until ctx ends (then it returns nil) or ln fails. It closes ln and waits
+// for the connections to end before returning.
+func (r *Runtime) ServeListener(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Go(func() { _ = r.Serve(ctx, c) })
+	}
+}
