@@ -309,7 +309,7 @@ func (c *Client) open(ctx context.Context, method string, cfg sessions.SessionCo
 		}
 		return nil, err
 	}
-	s := newSession(c, p.SessionID, providerNames(p.Providers), c.buffer)
+	s := newSession(c, p.SessionID, endpoints(cfg), c.buffer)
 	c.mu.Lock()
 	if c.closing || c.ended {
 		c.mu.Unlock()

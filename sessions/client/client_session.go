@@ -12,7 +12,7 @@ import (
 type Session struct {
 	c         *Client
 	id        string
-	providers []string // names of the providers whose tokens this side serves
+	endpoints []endpoint // the session's providers, for heal
 
 	dropped atomic.Int64
 
@@ -24,8 +24,8 @@ type Session struct {
 	destroy sync.Once
 }
 
-func newSession(c *Client, id string, providers []string, buffer int) *Session {
-	s := &Session{c: c, id: id, providers: providers, turns: map[*turn]struct{}{}, done: make(chan struct{})}
+func newSession(c *Client, id string, endpoints []endpoint, buffer int) *Session {
+	s := &Session{c: c, id: id, endpoints: endpoints, turns: map[*turn]struct{}{}, done: make(chan struct{})}
 	if buffer > 0 {
 		s.events = make(chan Event, buffer)
 	}

@@ -80,23 +80,50 @@ func TestRejectedTokenHeals(t *testing.T) {
 	}
 }
 
-// Only our tokens are invalidated: a 401 on a provider with a static key,
-// and a failure of another kind, reach the caller as the runtime sent them.
-func TestOtherFailuresDoNotHeal(t *testing.T) {
-	srv := newSimServer(t, runtimesim.Options{Dialect: runtimesim.GetToken}, fakemodel.Options{
-		RequireToken: func(auth string) bool { return false },
-	})
+// Only our tokens are invalidated: a 401 from the endpoint of a provider
+// with a static key leaves the session's other provider's cached token in
+// place and reaches the caller as the runtime sent it.
+func TestStaticKeyRejectionDoesNotHeal(t *testing.T) {
+	srv := newSimServer(t, runtimesim.Options{Dialect: runtimesim.GetToken}, fakemodel.Options{})
+	keyed, err := fakemodel.Start(fakemodel.Options{RequireToken: func(string) bool { return false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = keyed.Close() })
 	c := connectTo(t, simBroker(t), srv)
+	var calls atomic.Int64
+	src := tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) {
+		return tokens.Token{Value: fmt.Sprintf("tok-%d", calls.Add(1)), ExpiresOn: time.Now().Add(time.Hour)}, nil
+	})
 	sess, err := c.CreateSession(ctxT(t), sessions.SessionConfig{
-		Model:    "gpt-4o",
-		Provider: &sessions.ProviderConfig{Type: "openai", BaseURL: srv.Model.URL(), APIKey: "sk-static"},
+		Model:  "mi/m",
+		Models: []sessions.ModelConfig{{ID: "m", Provider: "mi"}, {ID: "m", Provider: "static"}},
+		Providers: []sessions.NamedProviderConfig{
+			{Name: "mi", ProviderConfig: sessions.ProviderConfig{Type: "openai", BaseURL: srv.Model.URL(), BearerTokenSource: src}},
+			{Name: "static", ProviderConfig: sessions.ProviderConfig{Type: "openai", BaseURL: keyed.URL(), APIKey: "sk-static"}},
+		},
 	})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.SendAndWait(ctxT(t), "warm mi's cache"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.SwitchModel(ctxT(t), "static/m"); err != nil {
 		t.Fatal(err)
 	}
 	_, err = sess.SendAndWait(ctxT(t), "x")
 	var se *client.SessionError
 	if !errors.As(err, &se) || se.Type != "authentication" || errors.Is(err, client.ErrTokenRejected) {
 		t.Fatalf("static key 401: %v, want the plain authentication SessionError", err)
+	}
+	if err := sess.SwitchModel(ctxT(t), "mi/m"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.SendAndWait(ctxT(t), "mi again"); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("mi's source called %d times, want 1: its token was invalidated for another provider's 401", n)
 	}
 }
