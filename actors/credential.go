@@ -38,6 +38,9 @@ func (b *Broker) NewCredential(name, scope string, src tokens.Source) (*Credenti
 	if _, nested := src.(*Credential); nested {
 		return nil, errors.New("tokenbroker: NewCredential: a Credential cannot wrap another")
 	}
+	if r, ok := src.(tokens.ScopeRequirer); ok && r.RequiresScope() && scope == "" {
+		return nil, fmt.Errorf("tokenbroker: NewCredential %q: its Source needs a scope", name)
+	}
 	c := &Credential{done: make(chan struct{})}
 	c.p = &provider{b: b, name: name, scope: scope, src: src, shared: c}
 	b.mu.Lock()

@@ -144,6 +144,17 @@ func mergeJSON(v any, extra map[string]any, edit func(map[string]any)) ([]byte, 
 	return json.Marshal(m)
 }
 
+// Configuration mistakes WireParams, Open and the runtime client refuse
+// before anything is sent; the error wrapping one names the provider.
+// Each names the field at fault.
+var (
+	ErrNoCredential    = errors.New("provider has neither a BearerTokenSource nor an APIKey or BearerToken")
+	ErrScopeNoSource   = errors.New("BearerTokenScope is set but BearerTokenSource is nil")
+	ErrTwoCredentials  = errors.New("BearerTokenSource is set together with APIKey or BearerToken")
+	ErrScopeRequired   = errors.New("BearerTokenSource needs a BearerTokenScope")
+	ErrProviderAndList = errors.New("Provider cannot be combined with Providers or Models (the runtime rejects it)")
+)
+
 // Params is a session.create or session.resume request body, ready for the
 // wire, with the providers whose tokens this side answers.
 type Params struct {
@@ -152,11 +163,16 @@ type Params struct {
 	Providers []actors.Provider
 }
 
-// WireParams rewrites cfg for the wire: callbacks removed, both token flags
-// and the scope added on every provider that has a source, every other field
-// untouched. It also returns the providers to register, the whole-session
-// one under DefaultProviderName.
+// WireParams checks cfg, then rewrites it for the wire: callbacks removed,
+// both token flags and the scope added on every provider that has a source,
+// every other field untouched. A provider whose source is a shared
+// *actors.Credential and that sets no scope gets the credential's. It also
+// returns the providers to register, the whole-session one under
+// DefaultProviderName.
 func WireParams(cfg SessionConfig) (Params, error) {
+	if cfg.Provider != nil && (len(cfg.Providers) > 0 || len(cfg.Models) > 0) {
+		return Params{}, fmt.Errorf("sessions: %w", ErrProviderAndList)
+	}
 	if cfg.SessionID == "" {
 		cfg.SessionID = newSessionID()
 	}
@@ -164,6 +180,9 @@ func WireParams(cfg SessionConfig) (Params, error) {
 	add := func(name string, p *ProviderConfig) error {
 		if strings.Contains(name, "/") {
 			return fmt.Errorf("sessions: provider name %q contains '/', which the runtime rejects", name)
+		}
+		if err := p.check(); err != nil {
+			return fmt.Errorf("sessions: provider %q: %w", name, err)
 		}
 		if p.BearerTokenSource == nil {
 			return nil
@@ -188,27 +207,58 @@ func WireParams(cfg SessionConfig) (Params, error) {
 		body["models"] = cfg.Models
 	}
 	if cfg.Provider != nil {
-		if err := add(DefaultProviderName, cfg.Provider); err != nil {
+		p := cfg.Provider.withCredentialScope()
+		if err := add(DefaultProviderName, &p); err != nil {
 			return Params{}, err
 		}
-		body["provider"] = cfg.Provider
+		body["provider"] = p
 	}
 	if len(cfg.Providers) > 0 {
-		for i := range cfg.Providers {
-			if cfg.Providers[i].Name == "" {
+		named := make([]NamedProviderConfig, len(cfg.Providers)) // the caller's slice stays untouched
+		for i, np := range cfg.Providers {
+			if np.Name == "" {
 				return Params{}, errors.New("sessions: named provider without a name")
 			}
-			if err := add(cfg.Providers[i].Name, &cfg.Providers[i].ProviderConfig); err != nil {
+			named[i] = NamedProviderConfig{Name: np.Name, ProviderConfig: np.withCredentialScope()}
+			if err := add(np.Name, &named[i].ProviderConfig); err != nil {
 				return Params{}, err
 			}
 		}
-		body["providers"] = cfg.Providers
+		body["providers"] = named
 	}
 	raw, err := json.Marshal(body)
 	if err != nil {
 		return Params{}, fmt.Errorf("sessions: encoding session params: %w", err)
 	}
 	return Params{SessionID: cfg.SessionID, Body: raw, Providers: ps}, nil
+}
+
+// withCredentialScope returns p with a shared credential's scope when p sets
+// none, so the scope is written once, on the credential, and still reaches
+// the wire.
+func (p ProviderConfig) withCredentialScope() ProviderConfig {
+	if cred, ok := p.BearerTokenSource.(*actors.Credential); ok && p.BearerTokenScope == "" {
+		p.BearerTokenScope = cred.Scope()
+	}
+	return p
+}
+
+// check refuses the provider mistakes the runtime would only report at the
+// first turn, or never.
+func (p *ProviderConfig) check() error {
+	static := p.APIKey != "" || p.BearerToken != ""
+	switch {
+	case p.BearerTokenSource == nil && p.BearerTokenScope != "":
+		return ErrScopeNoSource
+	case p.BearerTokenSource == nil && !static:
+		return ErrNoCredential
+	case p.BearerTokenSource != nil && static:
+		return ErrTwoCredentials
+	}
+	if r, ok := p.BearerTokenSource.(tokens.ScopeRequirer); ok && r.RequiresScope() && p.BearerTokenScope == "" {
+		return ErrScopeRequired
+	}
+	return nil
 }
 
 // Open rewrites cfg (see WireParams) and opens the session's token routing

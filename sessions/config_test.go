@@ -18,9 +18,10 @@ var update = flag.Bool("update", false, "rewrite golden files")
 
 func staticSource(v string) tokens.Source { return tokens.Static(tokens.Token{Value: v}) }
 
-// goldenConfig uses every field kind: whole-session and named providers,
-// a provider without a source, static credentials, Extra fields at each
-// level, and one provider with no scope.
+// goldenConfig uses every field kind of the named form: providers with and
+// without a source, static credentials, Extra fields at each level, and one
+// provider with no scope. (The whole-session form cannot be combined with
+// it; see TestWireParamsWholeSession.)
 func goldenConfig() SessionConfig {
 	return SessionConfig{
 		SessionID: "tenant-a-7f3c",
@@ -28,10 +29,6 @@ func goldenConfig() SessionConfig {
 		Models: []ModelConfig{
 			{ID: "default", Provider: "mi", WireModel: "gpt-4o"},
 			{ID: "small", Provider: "oauth", WireModel: "gpt-4o-mini", Extra: map[string]any{"maxOutputTokens": 512}},
-		},
-		Provider: &ProviderConfig{
-			Type: "openai", BaseURL: "http://127.0.0.1:1/v1",
-			BearerTokenSource: staticSource("whole"),
 		},
 		Providers: []NamedProviderConfig{
 			{Name: "mi", ProviderConfig: ProviderConfig{
@@ -79,13 +76,13 @@ func TestWireParamsGolden(t *testing.T) {
 		t.Errorf("wire params differ from %s (run with -update after checking):\n%s", golden, pretty.String())
 	}
 
-	// The providers to register: whole-session as "default", named ones by
-	// name with their scopes, and none for the static-key provider.
+	// The providers to register: named ones by name with their scopes, and
+	// none for the static-key provider.
 	got := map[string]string{}
 	for _, pv := range p.Providers {
 		got[pv.Name] = pv.Scope
 	}
-	want2 := map[string]string{"default": "", "mi": "https://cognitiveservices.azure.com/.default", "oauth": ""}
+	want2 := map[string]string{"mi": "https://cognitiveservices.azure.com/.default", "oauth": ""}
 	if len(got) != len(want2) {
 		t.Fatalf("providers %v, want %v", got, want2)
 	}
@@ -131,7 +128,9 @@ func TestWireParamsRules(t *testing.T) {
 			}
 		}
 	}
-	check("provider", body.Provider, true, nil)
+	if body.Provider != nil {
+		t.Errorf("a whole-session provider appeared: %v", body.Provider)
+	}
 	check("mi", body.Providers[0], true, "https://cognitiveservices.azure.com/.default")
 	check("oauth", body.Providers[1], true, nil)
 	check("static", body.Providers[2], false, nil)
@@ -152,10 +151,6 @@ func TestWireParamsErrors(t *testing.T) {
 			{Name: "a", ProviderConfig: ProviderConfig{BearerTokenSource: src}},
 			{Name: "a", ProviderConfig: ProviderConfig{BearerTokenSource: src}},
 		}},
-		"named default clashes with whole-session": {
-			Provider:  &ProviderConfig{BearerTokenSource: src},
-			Providers: []NamedProviderConfig{{Name: "default", ProviderConfig: ProviderConfig{BearerTokenSource: src}}},
-		},
 	} {
 		if _, err := WireParams(cfg); err == nil {
 			t.Errorf("%s: no error", name)
@@ -167,11 +162,53 @@ func TestWireParamsErrors(t *testing.T) {
 	}
 }
 
+// A provider on a shared Credential writes no scope of its own: the
+// credential's reaches the wire and the registration, and the caller's
+// config is left as it was.
+func TestWireParamsCredentialScope(t *testing.T) {
+	b := actors.NewBroker(actors.Options{})
+	defer b.Close()
+	const scope = "https://cognitiveservices.azure.com/.default"
+	cred, err := b.NewCredential("mi", scope, staticSource("shared"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole := &ProviderConfig{Type: "openai", BaseURL: "http://127.0.0.1:1/v1", BearerTokenSource: cred}
+	named := []NamedProviderConfig{{Name: "mi", ProviderConfig: *whole}}
+	for name, cfg := range map[string]SessionConfig{
+		"whole-session": {SessionID: "s", Provider: whole},
+		"named":         {SessionID: "s", Model: "mi/m", Models: []ModelConfig{{ID: "m", Provider: "mi"}}, Providers: named},
+	} {
+		p, err := WireParams(cfg)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var body struct {
+			Provider  map[string]any   `json:"provider"`
+			Providers []map[string]any `json:"providers"`
+		}
+		if err := json.Unmarshal(p.Body, &body); err != nil {
+			t.Fatal(err)
+		}
+		wire := body.Provider
+		if wire == nil {
+			wire = body.Providers[0]
+		}
+		if wire["bearerTokenScope"] != scope || p.Providers[0].Scope != scope {
+			t.Errorf("%s: wire scope %v, registered scope %q; want the credential's %q", name, wire["bearerTokenScope"], p.Providers[0].Scope, scope)
+		}
+	}
+	if whole.BearerTokenScope != "" || named[0].BearerTokenScope != "" {
+		t.Errorf("WireParams changed the caller's config")
+	}
+}
+
 func TestOpenRegistersBeforeSend(t *testing.T) {
 	b := actors.NewBroker(actors.Options{})
 	defer b.Close()
 	r := b.NewRouter()
-	p, err := Open(r, goldenConfig())
+	cfg := SessionConfig{SessionID: "s", Provider: &ProviderConfig{BaseURL: "http://127.0.0.1:1/v1", BearerTokenSource: staticSource("whole")}}
+	p, err := Open(r, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,10 +216,14 @@ func TestOpenRegistersBeforeSend(t *testing.T) {
 	if err != nil || g.Token.Value != "whole" {
 		t.Fatalf("whole-session provider not registered as default: %v, %v", g.Token, err)
 	}
-	if _, err := Open(r, goldenConfig()); !errors.Is(err, actors.ErrSessionExists) {
+	if _, err := Open(r, cfg); !errors.Is(err, actors.ErrSessionExists) {
 		t.Fatalf("second Open: %v, want ErrSessionExists", err)
 	}
-	if _, err := r.Acquire(context.Background(), tokens.Request{SessionID: p.SessionID, ProviderName: "static"}); !errors.Is(err, actors.ErrUnknownProvider) {
+	g2, err := Open(r, goldenConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Acquire(context.Background(), tokens.Request{SessionID: g2.SessionID, ProviderName: "static"}); !errors.Is(err, actors.ErrUnknownProvider) {
 		t.Fatalf("a provider without a source must not be routed: %v", err)
 	}
 }

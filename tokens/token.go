@@ -110,3 +110,10 @@ func (f BareFunc) Token(ctx context.Context, req Request) (Token, error) {
 func Static(t Token) Source {
 	return Func(func(context.Context, Request) (Token, error) { return t, nil })
 }
+
+// ScopeRequirer is implemented by a Source that cannot issue a token without
+// a scope (azidentity credentials need one). Configuration code refuses such
+// a Source without a scope when the session opens, not at its first turn.
+type ScopeRequirer interface {
+	RequiresScope() bool
+}

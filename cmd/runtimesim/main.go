@@ -1,4 +1,4 @@
-// Command runtimesim runs the runtime simulator of internal/runtimesim.
+// Command runtimesim runs the runtime simulator of sessions/runtimesim.
 //
 // By default it serves one JSON-RPC connection on stdin/stdout, like
 // `copilot --headless --stdio`, and exits when stdin closes. With -listen it
@@ -19,7 +19,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -106,20 +105,6 @@ func serveTCP(ctx context.Context, rt *runtimesim.Runtime, addr string, stdout i
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		wg.Go(func() { _ = rt.Serve(ctx, c) })
-	}
+	return rt.ServeListener(ctx, ln)
 }

@@ -22,10 +22,12 @@ import (
 	"github.com/tokenbroker/tokenbroker/transport"
 )
 
-// DefaultCLIArgs start the Copilot CLI as a headless runtime on its stdio,
-// never updating itself or looking for a GitHub login: BYOK sessions need
-// none.
-var DefaultCLIArgs = []string{"--headless", "--no-auto-update", "--stdio", "--no-auto-login"}
+// DefaultCLIArgs are the arguments that start the Copilot CLI as a headless
+// runtime on its stdio, never updating itself or looking for a GitHub
+// login: BYOK sessions need none. Each call returns a new slice.
+func DefaultCLIArgs() []string {
+	return []string{"--headless", "--no-auto-update", "--stdio", "--no-auto-login"}
+}
 
 // DefaultEventBuffer is how many unread events a session keeps.
 const DefaultEventBuffer = 64
@@ -118,7 +120,7 @@ func Start(ctx context.Context, broker *actors.Broker, opts Options) (*Client, e
 	}
 	args := opts.Args
 	if args == nil {
-		args = DefaultCLIArgs
+		args = DefaultCLIArgs()
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Dir = opts.Dir
@@ -307,7 +309,7 @@ func (c *Client) open(ctx context.Context, method string, cfg sessions.SessionCo
 		}
 		return nil, err
 	}
-	s := newSession(c, p.SessionID, c.buffer)
+	s := newSession(c, p.SessionID, endpoints(cfg), c.buffer)
 	c.mu.Lock()
 	if c.closing || c.ended {
 		c.mu.Unlock()

@@ -10,8 +10,9 @@ import (
 // Session is a runtime session created or resumed by a Client, with its
 // token routing open on the client's connection.
 type Session struct {
-	c  *Client
-	id string
+	c         *Client
+	id        string
+	endpoints []endpoint // the session's providers, for heal
 
 	dropped atomic.Int64
 
@@ -23,8 +24,8 @@ type Session struct {
 	destroy sync.Once
 }
 
-func newSession(c *Client, id string, buffer int) *Session {
-	s := &Session{c: c, id: id, turns: map[*turn]struct{}{}, done: make(chan struct{})}
+func newSession(c *Client, id string, endpoints []endpoint, buffer int) *Session {
+	s := &Session{c: c, id: id, endpoints: endpoints, turns: map[*turn]struct{}{}, done: make(chan struct{})}
 	if buffer > 0 {
 		s.events = make(chan Event, buffer)
 	}
@@ -143,11 +144,13 @@ func (s *Session) Destroy(ctx context.Context) error {
 		if err != nil {
 			return
 		}
+		// Only an explicit false means an unknown session: an empty
+		// result is success.
 		var res struct {
-			Success bool `json:"success"`
+			Success *bool `json:"success"`
 		}
 		err = s.c.call(ctx, methodDestroy, map[string]any{"sessionId": s.id}, &res)
-		if err == nil && !res.Success {
+		if err == nil && res.Success != nil && !*res.Success {
 			err = fmt.Errorf("client: %s: the runtime does not know session %q", methodDestroy, s.id)
 		}
 		s.c.forget(s, ErrSessionClosed)
@@ -158,6 +161,7 @@ func (s *Session) Destroy(ctx context.Context) error {
 // deliver hands an event to the waiting turns and to Events. It runs on the
 // connection's read loop and never blocks.
 func (s *Session) deliver(ev Event) {
+	ev = s.heal(ev)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {

@@ -3,7 +3,6 @@ package client_test
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -18,33 +17,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/transport"
 )
 
-// connectSim serves rt on the runtime end of a pipe until the test ends and
-// returns a client connected to it.
-func connectSim(t *testing.T, b *actors.Broker, rt *runtimesim.Runtime) *client.Client {
-	t.Helper()
-	clientEnd, runtimeEnd := transport.Pipe()
-	serve(t, rt, runtimeEnd)
-	c, err := client.Connect(ctxT(t), b, clientEnd, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return c
-}
-
-func serve(t *testing.T, rt *runtimesim.Runtime, rwc io.ReadWriteCloser) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = rt.Serve(context.Background(), rwc) // returns when the client closes
-	}()
-	t.Cleanup(func() { <-done })
-}
-
 func simBroker(t *testing.T) *actors.Broker {
 	b := actors.NewBroker(actors.Options{})
 	t.Cleanup(func() {
@@ -55,15 +27,6 @@ func simBroker(t *testing.T) *actors.Broker {
 	return b
 }
 
-func model(t *testing.T) *fakemodel.Server {
-	m, err := fakemodel.Start(fakemodel.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.Close() })
-	return m
-}
-
 // The same client drives the simulator in either dialect: a turn's token
 // reaches the model, asked for with the dialect's method.
 func TestClientOnSimulator(t *testing.T) {
@@ -71,12 +34,12 @@ func TestClientOnSimulator(t *testing.T) {
 		t.Run(d.String(), func(t *testing.T) {
 			ctx := ctxT(t)
 			b := simBroker(t)
-			rt := runtimesim.New(runtimesim.Options{Dialect: d})
-			c := connectSim(t, b, rt)
+			rt := newSimServer(t, runtimesim.Options{Dialect: d}, fakemodel.Options{})
+			c := connectTo(t, b, rt)
 			if c.Info().Version != rt.Version() {
 				t.Errorf("connect reported version %q", c.Info().Version)
 			}
-			m := model(t)
+			m := rt.Model
 			var mu sync.Mutex
 			calls := 0
 			const secret = "sim-token-1"
@@ -133,8 +96,9 @@ func TestClientOnSimulator(t *testing.T) {
 func TestClientOnSimulatorCredentialError(t *testing.T) {
 	ctx := ctxT(t)
 	b := simBroker(t)
-	c := connectSim(t, b, runtimesim.New(runtimesim.Options{Dialect: runtimesim.GetToken}))
-	m := model(t)
+	srv := newSimServer(t, runtimesim.Options{Dialect: runtimesim.GetToken}, fakemodel.Options{})
+	c := connectTo(t, b, srv)
+	m := srv.Model
 	src := tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) {
 		return tokens.Token{}, errors.New("vault sealed")
 	})
@@ -165,23 +129,15 @@ func TestClientOnSimulatorTCPResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_ = rt.Serve(context.Background(), conn)
-			}()
+	serveCtx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- rt.ServeListener(serveCtx, ln) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("ServeListener: %v", err)
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	})
 	dial := func() *client.Client {
 		conn, err := transport.Dial(ctx, ln.Addr().String())
 		if err != nil {
@@ -193,7 +149,11 @@ func TestClientOnSimulatorTCPResume(t *testing.T) {
 		}
 		return c
 	}
-	m := model(t)
+	m, err := fakemodel.Start(fakemodel.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
 	cfg := func(value string) sessions.SessionConfig {
 		return sessions.SessionConfig{SessionID: "tcp-1", Model: "gpt-4o",
 			Provider: &sessions.ProviderConfig{Type: "openai", BaseURL: m.URL(), BearerTokenSource: tokens.Static(tokens.Token{Value: value})}}

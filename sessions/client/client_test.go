@@ -44,6 +44,8 @@ type script struct {
 	// send runs inside session.send, before its answer, with the message id
 	// it will return.
 	send func(ctx context.Context, jc *jsonrpc2.Conn, session, msgID string)
+	// destroyed answers session.destroy; nil: {"success": true}.
+	destroyed any
 
 	mu      sync.Mutex
 	methods []string
@@ -116,7 +118,12 @@ func (s *script) handle(ctx context.Context, jc *jsonrpc2.Conn, req *jsonrpc2.Re
 			s.send(ctx, jc, id, msgID)
 		}
 		return map[string]any{"messageId": msgID}, nil
-	case "session.abort", "session.destroy":
+	case "session.destroy":
+		if s.destroyed != nil {
+			return s.destroyed, nil
+		}
+		return map[string]any{"success": true}, nil
+	case "session.abort":
 		return map[string]any{"success": true}, nil
 	}
 	return nil, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "Unhandled method " + req.Method}

@@ -31,6 +31,8 @@ type Event struct {
 	Timestamp time.Time
 	// Data is the event's payload as the runtime sent it.
 	Data json.RawMessage
+
+	err error // what Err reports instead, set when the client acted on it
 }
 
 // eventData holds the payload fields the client itself reads.
@@ -62,6 +64,9 @@ func (e Event) Content() string {
 func (e Event) Err() error {
 	if e.Type != EventSessionError {
 		return nil
+	}
+	if e.err != nil {
+		return e.err
 	}
 	d := e.data()
 	return &SessionError{SessionID: e.SessionID, Type: d.ErrorType, Message: d.Message}

@@ -76,6 +76,7 @@ func (c *conn) Handle(ctx context.Context, jc *jsonrpc2.Conn, req *jsonrpc2.Requ
 	if req.Notif {
 		return // the runtime expects no notifications from its client
 	}
+	c.rt.count(func(s *Stats) { s.Calls++ })
 	result, after, rpcErr := c.dispatch(jc, req)
 	var err error
 	if rpcErr != nil {

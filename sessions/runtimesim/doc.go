@@ -1,8 +1,32 @@
 // Package runtimesim plays the runtime's side of PROTOCOL.md (JSON-RPC 2.0
-// with Content-Length framing) so tests, the quickstart and the load tool can
-// run without the Copilot CLI. Turns call a real HTTP model endpoint (e.g.
-// internal/fakemodel) with the bearer token the client returned.
+// with Content-Length framing) so that a service embedding tokenbroker can
+// test its integration without the Copilot CLI, the way net/http/httptest
+// tests an http.Handler. Turns call a real HTTP model endpoint (fakemodel)
+// with the bearer token the client returned.
 //
+// In a test, NewServer starts a Runtime and a fake model endpoint in this
+// process; Dial gives an in-memory connection to hand to the runtime client
+// (client.Connect) or to the service's own JSON-RPC code:
+//
+//	srv, err := runtimesim.NewServer(runtimesim.Options{Dialect: runtimesim.GetToken},
+//		fakemodel.Options{Respond: func(r fakemodel.Request) fakemodel.Response {
+//			return fakemodel.Response{Text: "hi", Delay: 50 * time.Millisecond} // or Status: 401
+//		}})
+//	defer srv.Close()
+//	c, err := client.Connect(ctx, broker, srv.Dial(), client.Options{})
+//	// sessions' providers use BaseURL: srv.Model.URL()
+//
+// Afterwards the test reads what the runtime received: srv.TokenRequests()
+// (each token request, with the fingerprint of the token it got),
+// srv.ModelRequests() (each model request, with the fingerprint of its
+// Authorization header and the status), srv.Stats(), and srv.Model.Requests()
+// (the model endpoint's view). Acquire and GetToken select the dialect.
+// Tool calls a scripted answer asks for are not run: the simulator takes the
+// answer's text.
+//
+// cmd/runtimesim serves the same Runtime on stdio or TCP.
+package runtimesim
+
 // The wire shapes below were checked against Copilot CLI 1.0.102 (protocol
 // version 3) in headless stdio mode:
 //
@@ -49,4 +73,3 @@
 // an empty token is rejected, string results are never echoed in errors,
 // retries are fewer and immediate by default, and session.abort cancels a
 // pending token request instead of waiting for it.
-package runtimesim

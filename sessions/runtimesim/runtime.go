@@ -103,6 +103,7 @@ type Options struct {
 // Stats counts what a Runtime did since New, over all its connections.
 type Stats struct {
 	Connections    int // connections served
+	Calls          int // requests received from the client (connect, session.create, ...)
 	Sessions       int // sessions created (by create, or by resume of an unknown id)
 	Turns          int // turns started by session.send
 	TurnErrors     int // turns that ended with session.error

@@ -5,6 +5,11 @@
 // request, including its raw Authorization header, so tests can check which
 // bearer token reached the model. The recorded header is never printed: a
 // Request formats and logs a fingerprint of the token instead.
+//
+// A test scripts each answer the way it would write an http.Handler for
+// httptest: Options.Respond sees the request (prompt, token, the tool results
+// it carries back) and returns a Response: text, tool calls, an HTTP status,
+// a delay.
 package fakemodel
 
 import (
@@ -15,6 +20,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/tokens"
@@ -35,13 +41,48 @@ type Options struct {
 	// PathPrefix is the base path, e.g. "/openai/v1" (the default) or "/v1".
 	// Use "/" to serve at the root.
 	PathPrefix string
-	// Reply returns the assistant text for a request; nil means DefaultReply.
-	// It runs on the server's goroutines and must be safe for concurrent use.
+	// Respond scripts the answer to each model request; it takes precedence
+	// over Reply. It runs on the server's goroutines and must be safe for
+	// concurrent use.
+	Respond func(Request) Response
+	// Reply returns the assistant text for a request; nil (and no Respond)
+	// means DefaultReply. Same contract as Respond.
 	Reply func(Request) string
 	// RequireToken, when set, is given the raw Authorization header value
 	// ("" when absent); a false result answers 401 like a provider rejecting
-	// an expired or wrong token.
+	// an expired or wrong token, before Respond is asked.
 	RequireToken func(authorization string) bool
+}
+
+// Response is the scripted answer to one model request.
+type Response struct {
+	// Text is the assistant message text (may be "" when ToolCalls is set).
+	Text string
+	// ToolCalls, when set, ends the turn with finish_reason "tool_calls"
+	// (chat completions) or function_call output items (responses): the
+	// runtime runs the tools and sends their results in its next request.
+	ToolCalls []ToolCall
+	// Status other than 0 or 200 answers that HTTP status with an
+	// OpenAI-style error body instead, e.g. 401, 429, 500.
+	Status int
+	// Delay holds the answer back this long (or until the client gives up).
+	Delay time.Duration
+}
+
+// ToolCall asks the runtime to run one tool.
+type ToolCall struct {
+	// ID links the call to its result; "" gets a unique "call_fake<n>".
+	ID string
+	// Name is the tool's name as the runtime offered it (see Request.Tools).
+	Name string
+	// Arguments is the JSON object of arguments, e.g. {"command":"env"}.
+	Arguments string
+}
+
+// ToolResult is a tool's output as the runtime sent it back to the model.
+type ToolResult struct {
+	CallID  string
+	Content string
 }
 
 // Request is one recorded HTTP request.
@@ -56,6 +97,13 @@ type Request struct {
 	Stream bool
 	// IncludeUsage reports stream_options.include_usage.
 	IncludeUsage bool
+	// Tools are the names of the tools the request offers the model.
+	Tools []string
+	// ToolResults are the tool outputs the request carries (chat "tool"
+	// messages, responses "function_call_output" items): the whole
+	// conversation's, oldest first. They are what a tool printed, so a
+	// test reads them like a model would.
+	ToolResults []ToolResult
 	// HasAuthorization tells an absent header from an empty one.
 	HasAuthorization bool
 	// Authorization is the raw header value, secret: never printed by
@@ -64,7 +112,7 @@ type Request struct {
 	// APIKey is the raw api-key header (Azure style), secret like
 	// Authorization.
 	APIKey string
-	// Status is the HTTP status the server answered.
+	// Status is the HTTP status the server answered (0 while Respond runs).
 	Status int
 }
 
@@ -118,6 +166,8 @@ type Server struct {
 	base   string
 	srv    *http.Server
 	served chan struct{}
+
+	calls atomic.Int64 // numbers the generated tool call IDs
 
 	mu       sync.Mutex
 	requests []Request
@@ -198,30 +248,61 @@ func (s *Server) FailNext(status, n int) {
 	s.failCode, s.failLeft = status, n
 }
 
-// decide returns the status to answer before any reply is produced.
-func (s *Server) decide(auth string) int {
+// takeFailure returns the status of a pending FailNext, or 0.
+func (s *Server) takeFailure() int {
 	s.mu.Lock()
-	if s.failLeft > 0 {
-		s.failLeft--
-		code := s.failCode
-		s.mu.Unlock()
-		return code
+	defer s.mu.Unlock()
+	if s.failLeft == 0 {
+		return 0
 	}
-	s.mu.Unlock()
-	if s.opts.RequireToken != nil && !s.opts.RequireToken(auth) {
-		return http.StatusUnauthorized
-	}
-	return http.StatusOK
+	s.failLeft--
+	return s.failCode
 }
 
-// record completes req from r, keeps it, and returns it complete.
-func (s *Server) record(r *http.Request, req Request, status int) Request {
+// respond decides the answer to req: FailNext, then RequireToken, then the
+// script.
+func (s *Server) respond(req Request) Response {
+	if code := s.takeFailure(); code != 0 {
+		return Response{Status: code}
+	}
+	if s.opts.RequireToken != nil && !s.opts.RequireToken(req.Authorization) {
+		return Response{Status: http.StatusUnauthorized}
+	}
+	var resp Response
+	switch {
+	case s.opts.Respond != nil:
+		resp = s.opts.Respond(req)
+	case s.opts.Reply != nil:
+		resp.Text = s.opts.Reply(req)
+	default:
+		resp.Text = DefaultReply
+	}
+	if resp.Status == 0 {
+		resp.Status = http.StatusOK
+	}
+	for i := range resp.ToolCalls {
+		if resp.ToolCalls[i].ID == "" {
+			resp.ToolCalls[i].ID = fmt.Sprintf("call_fake%d", s.calls.Add(1))
+		}
+	}
+	return resp
+}
+
+// fromHTTP completes req with what the HTTP request itself says.
+func fromHTTP(r *http.Request, req Request) Request {
 	req.Time = time.Now()
 	req.Method = r.Method
 	req.Path = r.URL.Path
 	_, req.HasAuthorization = r.Header["Authorization"]
 	req.Authorization = r.Header.Get("Authorization")
 	req.APIKey = r.Header.Get("Api-Key")
+	return req
+}
+
+// record completes req from r, keeps it as answered with status, and
+// returns it complete.
+func (s *Server) record(r *http.Request, req Request, status int) Request {
+	req = fromHTTP(r, req)
 	req.Status = status
 	s.mu.Lock()
 	s.requests = append(s.requests, req)
@@ -229,63 +310,99 @@ func (s *Server) record(r *http.Request, req Request, status int) Request {
 	return req
 }
 
-func (s *Server) reply(req Request) string {
-	if s.opts.Reply != nil {
-		return s.opts.Reply(req)
+// modelRequest is a decoded request body of either dialect.
+type modelRequest interface{ request() Request }
+
+// handle decodes the body, records the request and decides its answer. It
+// writes error answers itself; ok tells the caller to write resp.
+func (s *Server) handle(w http.ResponseWriter, r *http.Request, body modelRequest) (req Request, resp Response, ok bool) {
+	status := http.StatusOK
+	switch {
+	case r.Method != http.MethodPost:
+		status = http.StatusMethodNotAllowed
+	case json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody)).Decode(body) != nil:
+		status = http.StatusBadRequest
+	default:
+		req = body.request()
+		resp = s.respond(fromHTTP(r, req))
+		status = resp.Status
 	}
-	return DefaultReply
+	req = s.record(r, req, status)
+	if !wait(r, resp.Delay) {
+		return req, resp, false
+	}
+	switch status {
+	case http.StatusOK:
+		return req, resp, true
+	case http.StatusMethodNotAllowed:
+		writeError(w, status, "invalid_request_error", "fakemodel: POST only")
+	case http.StatusBadRequest:
+		writeError(w, status, "invalid_request_error", "fakemodel: invalid JSON body")
+	case http.StatusUnauthorized:
+		writeError(w, status, "invalid_request_error", "fakemodel: invalid or expired token")
+	default:
+		writeError(w, status, "server_error", fmt.Sprintf("fakemodel: injected failure %d", status))
+	}
+	return req, resp, false
 }
 
-// begin decodes the body into v and answers the request itself when it must
-// fail; it returns the status to record and whether to go on.
-func (s *Server) begin(w http.ResponseWriter, r *http.Request, v any) (int, bool) {
-	if r.Method != http.MethodPost {
-		writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "fakemodel: POST only")
-		return http.StatusMethodNotAllowed, false
+// wait holds the answer back for d, or until the client goes away.
+func wait(r *http.Request, d time.Duration) bool {
+	if d <= 0 {
+		return true
 	}
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody)).Decode(v); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "fakemodel: invalid JSON body")
-		return http.StatusBadRequest, false
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
 	}
-	status := s.decide(r.Header.Get("Authorization"))
-	switch {
-	case status == http.StatusUnauthorized:
-		writeError(w, status, "invalid_request_error", "fakemodel: invalid or expired token")
-		return status, false
-	case status != http.StatusOK:
-		writeError(w, status, "server_error", fmt.Sprintf("fakemodel: injected failure %d", status))
-		return status, false
-	}
-	return status, true
 }
 
 type chatRequest struct {
 	Model    string `json:"model"`
 	Stream   bool   `json:"stream"`
 	Messages []struct {
-		Role    string          `json:"role"`
-		Content json.RawMessage `json:"content"`
+		Role       string          `json:"role"`
+		Content    json.RawMessage `json:"content"`
+		ToolCallID string          `json:"tool_call_id"`
 	} `json:"messages"`
 	StreamOptions *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
+	Tools []struct {
+		Function struct {
+			Name string `json:"name"`
+		} `json:"function"`
+	} `json:"tools"`
+}
+
+func (b *chatRequest) request() Request {
+	req := Request{Model: b.Model, Stream: b.Stream}
+	req.IncludeUsage = b.StreamOptions != nil && b.StreamOptions.IncludeUsage
+	for _, m := range b.Messages {
+		switch m.Role {
+		case "user":
+			req.Prompt = contentText(m.Content)
+		case "tool":
+			req.ToolResults = append(req.ToolResults, ToolResult{CallID: m.ToolCallID, Content: contentText(m.Content)})
+		}
+	}
+	for _, t := range b.Tools {
+		req.Tools = append(req.Tools, t.Function.Name)
+	}
+	return req
 }
 
 func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	var body chatRequest
-	status, ok := s.begin(w, r, &body)
-	req := Request{Model: body.Model, Stream: body.Stream}
-	req.IncludeUsage = body.StreamOptions != nil && body.StreamOptions.IncludeUsage
-	for _, m := range body.Messages {
-		if m.Role == "user" {
-			req.Prompt = contentText(m.Content)
-		}
-	}
-	req = s.record(r, req, status)
+	req, resp, ok := s.handle(w, r, &body)
 	if !ok {
 		return
 	}
-	text := s.reply(req)
+	text := resp.Text
 	usage := map[string]int{
 		"prompt_tokens":     wordCount(req.Prompt),
 		"completion_tokens": wordCount(text),
@@ -293,13 +410,29 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	}
 	id := fmt.Sprintf("chatcmpl-fake%d", time.Now().UnixNano())
 	created := time.Now().Unix()
+	finish := "stop"
+	if len(resp.ToolCalls) > 0 {
+		finish = "tool_calls"
+	}
 	if !req.Stream {
+		msg := map[string]any{"role": "assistant", "content": text}
+		if len(resp.ToolCalls) > 0 {
+			calls := make([]any, len(resp.ToolCalls))
+			for i, c := range resp.ToolCalls {
+				calls[i] = map[string]any{"id": c.ID, "type": "function",
+					"function": map[string]any{"name": c.Name, "arguments": c.Arguments}}
+			}
+			msg["tool_calls"] = calls
+			if text == "" {
+				msg["content"] = nil // what OpenAI sends beside tool calls
+			}
+		}
 		writeJSON(w, map[string]any{
 			"id": id, "object": "chat.completion", "created": created, "model": req.Model,
 			"choices": []any{map[string]any{
 				"index":         0,
-				"message":       map[string]any{"role": "assistant", "content": text},
-				"finish_reason": "stop",
+				"message":       msg,
+				"finish_reason": finish,
 				"logprobs":      nil,
 			}},
 			"usage": usage,
@@ -321,7 +454,14 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	for _, piece := range pieces(text) {
 		chunk(map[string]any{"content": piece}, nil)
 	}
-	chunk(map[string]any{}, "stop")
+	// Like OpenAI: the call's id and name first, then its arguments.
+	for i, c := range resp.ToolCalls {
+		chunk(map[string]any{"tool_calls": []any{map[string]any{"index": i, "id": c.ID, "type": "function",
+			"function": map[string]any{"name": c.Name, "arguments": ""}}}}, nil)
+		chunk(map[string]any{"tool_calls": []any{map[string]any{"index": i,
+			"function": map[string]any{"arguments": c.Arguments}}}}, nil)
+	}
+	chunk(map[string]any{}, finish)
 	if req.IncludeUsage {
 		sse.data(map[string]any{
 			"id": id, "object": "chat.completion.chunk", "created": created, "model": req.Model,
@@ -335,19 +475,31 @@ type responsesRequest struct {
 	Model  string          `json:"model"`
 	Stream bool            `json:"stream"`
 	Input  json.RawMessage `json:"input"`
+	Tools  []struct {
+		Name string `json:"name"`
+	} `json:"tools"`
+}
+
+func (b *responsesRequest) request() Request {
+	req := Request{Model: b.Model, Stream: b.Stream}
+	req.Prompt, req.ToolResults = inputText(b.Input)
+	for _, t := range b.Tools {
+		req.Tools = append(req.Tools, t.Name)
+	}
+	return req
 }
 
 // responses serves a minimal Responses API: one output message with one
-// output_text part; streaming sends created, one delta per word, completed.
+// output_text part, then one function_call item per tool call; streaming
+// sends created, one delta per word, the function calls' item and argument
+// events, completed.
 func (s *Server) responses(w http.ResponseWriter, r *http.Request) {
 	var body responsesRequest
-	status, ok := s.begin(w, r, &body)
-	req := Request{Model: body.Model, Stream: body.Stream, Prompt: inputText(body.Input)}
-	req = s.record(r, req, status)
+	req, script, ok := s.handle(w, r, &body)
 	if !ok {
 		return
 	}
-	text := s.reply(req)
+	text := script.Text
 	id := fmt.Sprintf("resp_fake%d", time.Now().UnixNano())
 	msgID := "msg_" + strings.TrimPrefix(id, "resp_")
 	resp := func(status string, output []any) map[string]any {
@@ -361,10 +513,17 @@ func (s *Server) responses(w http.ResponseWriter, r *http.Request) {
 			},
 		}
 	}
-	output := []any{map[string]any{
-		"type": "message", "id": msgID, "status": "completed", "role": "assistant",
-		"content": []any{map[string]any{"type": "output_text", "text": text, "annotations": []any{}}},
-	}}
+	var output []any
+	if text != "" || len(script.ToolCalls) == 0 {
+		output = append(output, map[string]any{
+			"type": "message", "id": msgID, "status": "completed", "role": "assistant",
+			"content": []any{map[string]any{"type": "output_text", "text": text, "annotations": []any{}}},
+		})
+	}
+	calls := len(output) // output index of the first function call
+	for _, c := range script.ToolCalls {
+		output = append(output, functionCall(c, c.Arguments))
+	}
 	if !req.Stream {
 		writeJSON(w, resp("completed", output))
 		return
@@ -377,7 +536,31 @@ func (s *Server) responses(w http.ResponseWriter, r *http.Request) {
 			"output_index": 0, "content_index": 0, "delta": piece,
 		})
 	}
+	for i, c := range script.ToolCalls {
+		at := calls + i
+		itemID := "fc_" + c.ID
+		sse.event("response.output_item.added", map[string]any{
+			"type": "response.output_item.added", "output_index": at, "item": functionCall(c, ""),
+		})
+		sse.event("response.function_call_arguments.delta", map[string]any{
+			"type": "response.function_call_arguments.delta", "item_id": itemID, "output_index": at, "delta": c.Arguments,
+		})
+		sse.event("response.function_call_arguments.done", map[string]any{
+			"type": "response.function_call_arguments.done", "item_id": itemID, "output_index": at, "arguments": c.Arguments,
+		})
+		sse.event("response.output_item.done", map[string]any{
+			"type": "response.output_item.done", "output_index": at, "item": output[at],
+		})
+	}
 	sse.event("response.completed", map[string]any{"type": "response.completed", "response": resp("completed", output)})
+}
+
+// functionCall is the Responses API output item of c, with args so far.
+func functionCall(c ToolCall, args string) map[string]any {
+	return map[string]any{
+		"type": "function_call", "id": "fc_" + c.ID, "call_id": c.ID,
+		"name": c.Name, "arguments": args, "status": "completed",
+	}
 }
 
 // sse writes server-sent events, flushing each so clients see them at once.
@@ -449,26 +632,32 @@ func contentText(raw json.RawMessage) string {
 }
 
 // inputText flattens a Responses API input: a string, or items whose last
-// user message counts.
-func inputText(raw json.RawMessage) string {
+// user message is the prompt and whose function_call_output items are tool
+// results.
+func inputText(raw json.RawMessage) (prompt string, results []ToolResult) {
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
-		return s
+		return s, nil
 	}
 	var items []struct {
+		Type    string          `json:"type"`
 		Role    string          `json:"role"`
 		Content json.RawMessage `json:"content"`
+		CallID  string          `json:"call_id"`
+		Output  json.RawMessage `json:"output"`
 	}
 	if json.Unmarshal(raw, &items) != nil {
-		return ""
+		return "", nil
 	}
-	text := ""
 	for _, it := range items {
-		if it.Role == "user" {
-			text = contentText(it.Content)
+		switch {
+		case it.Role == "user":
+			prompt = contentText(it.Content)
+		case it.Type == "function_call_output":
+			results = append(results, ToolResult{CallID: it.CallID, Content: contentText(it.Output)})
 		}
 	}
-	return text
+	return prompt, results
 }
 
 // pieces splits text into word-sized deltas that concatenate back to text.

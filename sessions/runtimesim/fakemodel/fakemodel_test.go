@@ -3,7 +3,9 @@ package fakemodel
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -320,5 +323,207 @@ func TestConcurrentRequests(t *testing.T) {
 	}
 	if s.Count() != n {
 		t.Fatalf("recorded %d, want %d", s.Count(), n)
+	}
+}
+
+// bashCall is a scripted tool call and the result a runtime would send back.
+var bashCall = ToolCall{ID: "call_1", Name: "bash", Arguments: `{"command":"env"}`}
+
+func TestChatToolCalls(t *testing.T) {
+	s, c := start(t, Options{Respond: func(r Request) Response {
+		if len(r.ToolResults) == 0 {
+			return Response{ToolCalls: []ToolCall{bashCall, {Name: "view", Arguments: `{}`}}}
+		}
+		return Response{Text: "done"}
+	}})
+	body := `{"model":"m","tools":[{"type":"function","function":{"name":"bash"}}],"messages":[{"role":"user","content":"run env"}]}`
+	var out struct {
+		Choices []struct {
+			Message struct {
+				Content   *string
+				ToolCalls []struct {
+					ID, Type string
+					Function struct{ Name, Arguments string }
+				} `json:"tool_calls"`
+			}
+			FinishReason string `json:"finish_reason"`
+		}
+	}
+	if err := json.NewDecoder(post(t, c, s.URL()+"/chat/completions", "Bearer x", body).Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	msg := out.Choices[0].Message
+	if out.Choices[0].FinishReason != "tool_calls" || msg.Content != nil || len(msg.ToolCalls) != 2 {
+		t.Fatalf("reply %+v", out)
+	}
+	got := msg.ToolCalls[0]
+	if got.ID != bashCall.ID || got.Type != "function" || got.Function.Name != "bash" || got.Function.Arguments != bashCall.Arguments {
+		t.Fatalf("tool call %+v", got)
+	}
+	if id := msg.ToolCalls[1].ID; !strings.HasPrefix(id, "call_fake") {
+		t.Fatalf("generated id %q", id)
+	}
+	if r := s.Requests()[0]; len(r.Tools) != 1 || r.Tools[0] != "bash" || r.ToolResults != nil {
+		t.Fatalf("recorded tools %q results %+v", r.Tools, r.ToolResults)
+	}
+
+	next := `{"model":"m","messages":[{"role":"user","content":"run env"},` +
+		`{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"bash","arguments":"{}"}}]},` +
+		`{"role":"tool","tool_call_id":"call_1","content":"PATH=/bin"}]}`
+	var done struct {
+		Choices []struct {
+			Message      struct{ Content string }
+			FinishReason string `json:"finish_reason"`
+		}
+	}
+	if err := json.NewDecoder(post(t, c, s.URL()+"/chat/completions", "Bearer x", next).Body).Decode(&done); err != nil {
+		t.Fatal(err)
+	}
+	if done.Choices[0].Message.Content != "done" || done.Choices[0].FinishReason != "stop" {
+		t.Fatalf("second reply %+v", done)
+	}
+	want := []ToolResult{{CallID: "call_1", Content: "PATH=/bin"}}
+	if r := s.Requests()[1]; fmt.Sprint(r.ToolResults) != fmt.Sprint(want) || r.Prompt != "run env" {
+		t.Fatalf("recorded results %+v prompt %q", r.ToolResults, r.Prompt)
+	}
+}
+
+func TestChatToolCallsStreaming(t *testing.T) {
+	s, c := start(t, Options{Respond: func(Request) Response {
+		return Response{Text: "let me look", ToolCalls: []ToolCall{bashCall}}
+	}})
+	data := readSSE(t, post(t, c, s.URL()+"/chat/completions", "Bearer x",
+		`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	// Accumulate the deltas the way OpenAI's client libraries do.
+	var text, args strings.Builder
+	var id, name, finish string
+	for _, d := range data[:len(data)-1] {
+		var ch struct {
+			Choices []struct {
+				Delta struct {
+					Content   string
+					ToolCalls []struct {
+						Index    int
+						ID       string
+						Function struct{ Name, Arguments string }
+					} `json:"tool_calls"`
+				}
+				FinishReason *string `json:"finish_reason"`
+			}
+		}
+		if err := json.Unmarshal([]byte(d), &ch); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range ch.Choices {
+			text.WriteString(c.Delta.Content)
+			for _, tc := range c.Delta.ToolCalls {
+				if tc.Index != 0 {
+					t.Fatalf("tool call index %d", tc.Index)
+				}
+				id += tc.ID
+				name += tc.Function.Name
+				args.WriteString(tc.Function.Arguments)
+			}
+			if c.FinishReason != nil {
+				finish = *c.FinishReason
+			}
+		}
+	}
+	if text.String() != "let me look" || id != bashCall.ID || name != bashCall.Name || args.String() != bashCall.Arguments || finish != "tool_calls" {
+		t.Fatalf("text %q call %q %q %q finish %q", text.String(), id, name, args.String(), finish)
+	}
+}
+
+func TestResponsesToolCalls(t *testing.T) {
+	s, c := start(t, Options{Respond: func(r Request) Response {
+		if len(r.ToolResults) == 0 {
+			return Response{ToolCalls: []ToolCall{bashCall}}
+		}
+		return Response{Text: "done"}
+	}})
+	type item struct {
+		Type, ID, Name, Arguments string
+		CallID                    string `json:"call_id"`
+	}
+	var out struct{ Output []item }
+	if err := json.NewDecoder(post(t, c, s.URL()+"/responses", "Bearer r",
+		`{"model":"m","tools":[{"type":"function","name":"bash"}],"input":"run env"}`).Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Output) != 1 || out.Output[0] != (item{Type: "function_call", ID: "fc_call_1", Name: "bash", Arguments: bashCall.Arguments, CallID: "call_1"}) {
+		t.Fatalf("output %+v", out.Output)
+	}
+
+	data := readSSE(t, post(t, c, s.URL()+"/responses", "Bearer r", `{"model":"m","stream":true,"input":"run env"}`))
+	var types []string
+	var args string
+	var final struct{ Output []item }
+	for _, d := range data {
+		var ev struct {
+			Type, Delta string
+			Item        item
+			Response    *struct{ Output []item }
+		}
+		if err := json.Unmarshal([]byte(d), &ev); err != nil {
+			t.Fatal(err)
+		}
+		types = append(types, ev.Type)
+		if ev.Type == "response.function_call_arguments.delta" {
+			args += ev.Delta
+		}
+		if ev.Type == "response.completed" {
+			final = *ev.Response
+		}
+	}
+	wantTypes := "response.created response.output_item.added response.function_call_arguments.delta " +
+		"response.function_call_arguments.done response.output_item.done response.completed"
+	if strings.Join(types, " ") != wantTypes || args != bashCall.Arguments || len(final.Output) != 1 || final.Output[0].CallID != "call_1" {
+		t.Fatalf("events %q args %q final %+v", types, args, final)
+	}
+
+	post(t, c, s.URL()+"/responses", "Bearer r", `{"model":"m","input":[{"role":"user","content":"run env"},`+
+		`{"type":"function_call","call_id":"call_1","name":"bash","arguments":"{}"},`+
+		`{"type":"function_call_output","call_id":"call_1","output":"PATH=/bin"}]}`)
+	if r := s.Requests()[2]; len(r.ToolResults) != 1 || r.ToolResults[0] != (ToolResult{CallID: "call_1", Content: "PATH=/bin"}) || r.Prompt != "run env" {
+		t.Fatalf("recorded results %+v prompt %q", r.ToolResults, r.Prompt)
+	}
+}
+
+func TestRespondStatusPerToken(t *testing.T) {
+	s, c := start(t, Options{Respond: func(r Request) Response {
+		if r.BearerToken() == "revoked" {
+			return Response{Status: http.StatusUnauthorized}
+		}
+		return Response{Status: http.StatusOK, Text: "hi"}
+	}})
+	for _, tc := range []struct {
+		token string
+		want  int
+	}{{"revoked", 401}, {"fresh", 200}} {
+		if resp := post(t, c, s.URL()+"/chat/completions", "Bearer "+tc.token, chatBody); resp.StatusCode != tc.want {
+			t.Fatalf("token %s: status %d, want %d", tc.token, resp.StatusCode, tc.want)
+		}
+	}
+	if reqs := s.Requests(); reqs[0].Status != 401 || reqs[1].Status != 200 {
+		t.Fatalf("recorded %v", reqs)
+	}
+}
+
+func TestRespondDelay(t *testing.T) {
+	const delay = 150 * time.Millisecond
+	s, c := start(t, Options{Respond: func(Request) Response { return Response{Text: "late", Delay: delay} }})
+	began := time.Now()
+	post(t, c, s.URL()+"/chat/completions", "", chatBody)
+	if took := time.Since(began); took < delay {
+		t.Fatalf("answered after %v, want at least %v", took, delay)
+	}
+
+	// A client that gives up ends the wait: Close does not sit out the delay.
+	slow, sc := start(t, Options{Respond: func(Request) Response { return Response{Delay: time.Hour} }})
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, slow.URL()+"/chat/completions", strings.NewReader(chatBody))
+	if _, err := sc.Do(req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Do: %v, want deadline exceeded", err)
 	}
 }
