@@ -29,8 +29,8 @@ func TestFlagErrors(t *testing.T) {
 		{"-runtime", "nope"},
 		{"-runtime", "tcp"},
 		{"-runtime", "tcp", "-addr", "127.0.0.1:1", "-dialect", "acquire"}, // the runtime chooses
-		{"-runtime", "copilot", "-dialect", "acquire"},                    // the CLI speaks getToken only
-		{"-runtime", "copilot", "-concurrency", "1000"},                   // more than one CLI serves
+		{"-runtime", "copilot", "-dialect", "acquire"},                     // the CLI speaks getToken only
+		{"-runtime", "copilot", "-concurrency", "1000"},                    // more than one CLI serves
 		{"-runtime", "copilot", "-duration", "1s"},
 		{"-sessions", "0"},
 		{"-providers", "-1"},
