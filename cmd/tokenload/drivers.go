@@ -31,20 +31,14 @@ import (
 // can check that none reaches its telemetry.
 const secretMarker = "tokenload-secret-"
 
-// fakeCredential is provider j's credential, with configurable latency,
-// lifetime and failure rate, and the run's outage. A zero lifetime issues
-// bare, single-use tokens. Every call is reported to the collector.
-type fakeCredential struct {
-	cfg *config
-	j   int
-	col *collector
-}
+// fakeCredential is a credential with configurable latency, lifetime and
+// failure rate, and the run's outage. A zero lifetime issues bare,
+// single-use tokens.
+type fakeCredential struct{ cfg *config }
 
 var errInjected = errors.New("tokenload: injected credential failure")
 
-func (f *fakeCredential) Token(ctx context.Context, _ tokens.Request) (tok tokens.Token, err error) {
-	f.col.credStart(f.j)
-	defer func() { f.col.credEnd(f.j, err) }()
+func (f fakeCredential) Token(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
 	if err := f.cfg.Outage.apply(ctx); err != nil {
 		return tokens.Token{}, err
 	}
@@ -62,27 +56,47 @@ func (f *fakeCredential) Token(ctx context.Context, _ tokens.Request) (tok token
 	}
 	var b [12]byte
 	_, _ = crand.Read(b[:]) // never fails (crypto/rand)
-	tok = tokens.Token{Value: secretMarker + hex.EncodeToString(b[:])}
+	tok := tokens.Token{Value: secretMarker + hex.EncodeToString(b[:])}
 	if f.cfg.Lifetime > 0 {
 		tok.ExpiresOn = time.Now().Add(f.cfg.Lifetime)
 	}
 	return tok, nil
 }
 
-// credentials hands out the providers' sources: one shared Credential per
-// provider name, or a fresh source per session.
+// credentials hands out the providers' sources, each counted: the fake
+// credential, or azidentity in front of the embedded identity endpoint
+// (one per provider name); shared through one Credential per provider
+// name across sessions, or a cache per session.
 type credentials struct {
-	cfg    *config
-	col    *collector
-	shared []*actors.Credential
+	cfg      *config
+	col      *collector
+	identity *identity       // -credential identity
+	sources  []tokens.Source // by provider, for identity
+	shared   []*actors.Credential
 }
 
 func newCredentials(cfg *config, broker *actors.Broker, col *collector) (*credentials, error) {
 	c := &credentials{cfg: cfg, col: col}
+	if cfg.Credential == credIdentity {
+		id, err := startIdentity(cfg)
+		if err != nil {
+			return nil, err
+		}
+		c.identity = id
+		for j := range cfg.Providers {
+			src, err := id.source(j)
+			if err != nil {
+				c.close()
+				return nil, err
+			}
+			c.sources = append(c.sources, src)
+		}
+	}
 	if cfg.Shared {
 		for j := range cfg.Providers {
-			cred, err := broker.NewCredential(providerName(j), "", c.fake(j))
+			cred, err := broker.NewCredential(providerName(j), c.scope(), c.fresh(j))
 			if err != nil {
+				c.close()
 				return nil, err
 			}
 			c.shared = append(c.shared, cred)
@@ -91,15 +105,33 @@ func newCredentials(cfg *config, broker *actors.Broker, col *collector) (*creden
 	return c, nil
 }
 
-func (c *credentials) fake(j int) tokens.Source {
-	return &fakeCredential{cfg: c.cfg, j: j, col: c.col}
+// scope is what the providers are configured with: azidentity needs one.
+func (c *credentials) scope() string {
+	if c.identity != nil {
+		return identityScope
+	}
+	return ""
+}
+
+func (c *credentials) fresh(j int) tokens.Source {
+	if c.identity != nil {
+		return counted{src: c.sources[j], j: j, col: c.col}
+	}
+	return counted{src: fakeCredential{cfg: c.cfg}, j: j, col: c.col}
 }
 
 func (c *credentials) source(j int) tokens.Source {
 	if c.cfg.Shared {
 		return c.shared[j]
 	}
-	return c.fake(j)
+	return c.fresh(j)
+}
+
+// close stops the identity endpoint, after the broker has ended its calls.
+func (c *credentials) close() {
+	if c.identity != nil {
+		c.identity.close()
+	}
 }
 
 // invalidate drops the cached token of every session's providers on
@@ -189,7 +221,7 @@ func (d *directDriver) open(context.Context) error {
 	for i := range d.cfg.Sessions {
 		ps := make([]actors.Provider, d.cfg.Providers)
 		for j := range ps {
-			ps[j] = actors.Provider{Name: providerName(j), Source: d.creds.source(j)}
+			ps[j] = actors.Provider{Name: providerName(j), Scope: d.creds.scope(), Source: d.creds.source(j)}
 		}
 		if err := d.conn.Router.Open(sessionName(i), ps); err != nil {
 			return err
@@ -317,7 +349,7 @@ func (d *turnDriver) sessionConfig(i int) sessions.SessionConfig {
 	for j := range d.cfg.Providers {
 		name := providerName(j)
 		cfg.Providers = append(cfg.Providers, sessions.NamedProviderConfig{Name: name, ProviderConfig: sessions.ProviderConfig{
-			Type: "openai", BaseURL: d.modelURL, BearerTokenSource: d.creds.source(j),
+			Type: "openai", BaseURL: d.modelURL, BearerTokenSource: d.creds.source(j), BearerTokenScope: d.creds.scope(),
 		}})
 		cfg.Models = append(cfg.Models, sessions.ModelConfig{ID: "m" + name, Provider: name, WireModel: "gpt-4o"})
 	}

@@ -88,6 +88,7 @@ type config struct {
 	Concurrency int           `json:"concurrency"`
 	Rate        float64       `json:"rate,omitempty"`
 	Duration    time.Duration `json:"-"`
+	Credential  string        `json:"credential"`
 	CredLatency time.Duration `json:"-"`
 	Lifetime    time.Duration `json:"-"`
 	FailureRate float64       `json:"failure_rate"`
@@ -104,6 +105,14 @@ type config struct {
 	// defaulted lists the flags tokenload chose for this runtime, and why.
 	defaulted string
 }
+
+// Credentials (-credential).
+const (
+	credFake     = "fake"
+	credIdentity = "identity"
+	// identityMinLifetime leaves the broker a token it may serve.
+	identityMinLifetime = 2 * time.Minute
+)
 
 // errUsage marks errors that deserve the usage text and exit status 2.
 var errUsage = errors.New("usage")
@@ -135,10 +144,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.Concurrency, "concurrency", 64, "concurrent requesters (copilot: 2 per CPU, at most 8 per CPU)")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "target operations per second (0: as fast as the requesters go)")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to run")
-	fs.DurationVar(&cfg.CredLatency, "cred-latency", 0, "latency of each credential call")
+	fs.StringVar(&cfg.Credential, "credential", credFake, "the credential: fake (in process) or identity (azidentity's ManagedIdentityCredential against an embedded App Service identity endpoint)")
+	fs.DurationVar(&cfg.CredLatency, "cred-latency", 0, "latency of each credential call (fake credential)")
 	fs.DurationVar(&cfg.Lifetime, "lifetime", time.Hour, "lifetime of issued tokens (0: bare, single-use tokens)")
-	fs.Float64Var(&cfg.FailureRate, "failure-rate", 0, "fraction of credential calls that fail, 0 to 1")
-	fs.StringVar(&outageSpec, "outage", "", "a credential outage of LENGTH from START, e.g. 5s@10s")
+	fs.Float64Var(&cfg.FailureRate, "failure-rate", 0, "fraction of credential calls that fail, 0 to 1 (fake credential)")
+	fs.StringVar(&outageSpec, "outage", "", "an outage of the credential (or identity endpoint) of LENGTH from START, e.g. 5s@10s")
 	fs.StringVar(&cfg.Outage.Kind, "outage-kind", outageError, "what the credential does in the outage: "+strings.Join(outageKinds, ", "))
 	fs.DurationVar(&cfg.Outage.Delay, "outage-delay", time.Second, "extra latency of each credential call in a slow outage")
 	fs.BoolVar(&cfg.Outage.Invalidate, "outage-invalidate", true, "drop every cached token when the outage starts, so the broker must call the credential during it")
@@ -212,6 +222,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return bad("-failure-rate must be between 0 and 1")
 	case cfg.Out == "":
 		return bad("-out must not be empty")
+	case cfg.Credential != credFake && cfg.Credential != credIdentity:
+		return bad("-credential %q: want %s or %s", cfg.Credential, credFake, credIdentity)
+	case cfg.Credential == credIdentity && (set["cred-latency"] || set["failure-rate"]):
+		return bad("-cred-latency and -failure-rate apply to the fake credential only; use -outage-kind slow or 500 with -credential identity")
+	case cfg.Credential == credIdentity && cfg.Lifetime < identityMinLifetime:
+		return bad("-lifetime %s with -credential identity: the endpoint issues expiring tokens, at least %s (the broker serves none with less than 60 s left)", cfg.Lifetime, identityMinLifetime)
 	case !slices.Contains(outageKinds, cfg.Outage.Kind):
 		return bad("-outage-kind %q: want one of %s", cfg.Outage.Kind, strings.Join(outageKinds, ", "))
 	}
@@ -310,12 +326,16 @@ func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) 
 	policy.BackoffMax = cfg.BackoffMax
 	policy.BackoffBase = min(policy.BackoffBase, cfg.BackoffMax)
 	broker := actors.NewBroker(actors.Options{TracerProvider: providers.Tracer, MeterProvider: providers.Meter, Policy: &policy, RequestTimeout: cfg.ReqTimeout})
+	var creds *credentials
 	defer func() {
 		if cerr := broker.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
+		if creds != nil {
+			creds.close() // once the broker has ended its credential calls
+		}
 	}()
-	creds, err := newCredentials(cfg, broker, col)
+	creds, err = newCredentials(cfg, broker, col)
 	if err != nil {
 		return nil, err
 	}
@@ -359,7 +379,7 @@ func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) 
 		fmt.Fprintf(stderr, "tokenload: closing the runtime connection: %v\n", err)
 	}
 
-	res = buildResult(cfg, d, col, started, elapsed, interrupted)
+	res = buildResult(cfg, d, col, creds, started, elapsed, interrupted)
 	printSummary(stdout, res)
 	if err := writeReports(cfg.Out, res); err != nil {
 		return nil, err
@@ -453,13 +473,13 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer tr
 					span.End()
 					traceID = span.SpanContext().TraceID().String()
 				}
-				// A turn the end of the run cut short is still in flight,
-				// not a failure.
-				col.turnEnd(time.Since(t0), err, err != nil && runCtx.Err() != nil, traceID, session)
+				col.turnEnd(time.Since(t0), err, traceID, session)
 			}
 		})
 	}
 	<-runCtx.Done()
+	// Finish before the requesters return: the turns the end cuts short
+	// are in flight, not failures.
 	end := time.Now()
 	col.finish(end)
 	wg.Wait()

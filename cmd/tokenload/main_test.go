@@ -14,6 +14,8 @@ import (
 	"unicode/utf8"
 
 	"go.uber.org/goleak"
+
+	"github.com/tokenbroker/tokenbroker/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -48,6 +50,9 @@ func TestFlagErrors(t *testing.T) {
 		{"-outage", "0s@1s"},
 		{"-outage", "1s@20s"}, // after the end of a 10 s run
 		{"-outage-kind", "flaky"},
+		{"-credential", "vault"},
+		{"-credential", "identity", "-lifetime", "0"}, // the endpoint's tokens expire
+		{"-credential", "identity", "-failure-rate", "0.5"},
 		{"-check", "p99"},
 		{"-check", "p99<fast"},
 		{"-check", "latency<5ms"},
@@ -338,61 +343,85 @@ func TestInFlight(t *testing.T) {
 	}
 }
 
-// TestOutage: during the window every credential call fails; the cached
-// tokens are dropped at its start, so credential calls and errors rise
-// inside it, and fall once it ends (with back-off capped at 100 ms).
+// TestOutage: during the window every credential call fails, the fake
+// one or azidentity against the identity endpoint; the cached tokens are
+// dropped at its start, so credential calls and errors rise inside it,
+// and fall once it ends (with back-off capped at 100 ms).
 func TestOutage(t *testing.T) {
-	prefix := filepath.Join(t.TempDir(), "outage")
-	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"-runtime", "direct", "-sessions", "4", "-shared", "-concurrency", "4",
-		"-duration", "2s", "-interval", "100ms", "-outage", "500ms@600ms", "-backoff-max", "100ms",
-		"-out", prefix, "-check", "errors==0"}, &stdout, &stderr, false)
-	if code != exitChecks {
-		t.Fatalf("exit %d, want %d: %s\n%s", code, exitChecks, stderr.String(), stdout.String())
-	}
-	r := report(t, prefix)
-	if len(r.Outage) != 2 || r.Outage[0] != 0.6 || r.Outage[1] != 1.1 {
-		t.Fatalf("outage window %v", r.Outage)
-	}
-	// Intervals wholly before, inside and after the window (after: once
-	// the capped back-off has let the credential be tried again).
-	var before, inside, after struct{ calls, errors, requests float64 }
-	for i, p := range r.Series {
-		from := p.T - p.Span
-		var b *struct{ calls, errors, requests float64 }
-		switch {
-		case i > 0 && p.T <= 0.6+1e-6: // the first holds the cold start
-			b = &before
-		case from >= 0.6-1e-6 && p.T <= 1.1+1e-6:
-			b = &inside
-		case from >= 1.3-1e-6:
-			b = &after
-		default:
-			continue
-		}
-		b.calls += p.CredTotalPerS * p.Span
-		b.errors += float64(p.TokenErrors)
-		b.requests += float64(p.Requests)
-	}
-	t.Logf("before %+v, inside %+v, after %+v", before, inside, after)
-	if before.calls != 0 || before.errors != 0 || before.requests == 0 {
-		t.Errorf("before the window: %+v, want requests served from the cache", before)
-	}
-	if inside.calls == 0 || inside.errors == 0 {
-		t.Errorf("inside the window: %+v, want failing credential calls and errors", inside)
-	}
-	if after.errors != 0 || after.requests == 0 {
-		t.Errorf("after the window: %+v, want requests without errors", after)
-	}
-	if c := r.Credentials["p0"]; c.Failures == 0 || c.Calls != c.Failures+2 {
-		t.Errorf("credential calls %+v: want the cold one, the failures and one recovery", c)
-	}
-	if !strings.Contains(stdout.String(), "injected outage") || !strings.Contains(stdout.String(), "FAIL  errors==0") {
-		t.Errorf("summary does not explain the errors or the failed check:\n%s", stdout.String())
-	}
-	html, _ := os.ReadFile(prefix + ".html")
-	if !bytes.Contains(html, []byte("outage (error)")) {
-		t.Error("the charts do not shade the outage")
+	for _, tc := range []struct {
+		credential string
+		args       []string
+	}{
+		{credFake, nil},
+		// 4-minute tokens: inside azidentity's 5-minute refresh margin, so
+		// its cache sends every credential call to the endpoint.
+		{credIdentity, []string{"-lifetime", "4m"}},
+	} {
+		t.Run(tc.credential, func(t *testing.T) {
+			testenv.ClearAzure(t)
+			prefix := filepath.Join(t.TempDir(), "outage")
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), append([]string{"-runtime", "direct", "-sessions", "4", "-shared", "-concurrency", "4",
+				"-duration", "2s", "-interval", "100ms", "-outage", "500ms@600ms", "-backoff-max", "100ms", "-credential", tc.credential,
+				"-out", prefix, "-check", "errors==0"}, tc.args...), &stdout, &stderr, false)
+			if code != exitChecks {
+				t.Fatalf("exit %d, want %d: %s\n%s", code, exitChecks, stderr.String(), stdout.String())
+			}
+			r := report(t, prefix)
+			if len(r.Outage) != 2 || r.Outage[0] != 0.6 || r.Outage[1] != 1.1 {
+				t.Fatalf("outage window %v", r.Outage)
+			}
+			// Intervals wholly before, inside and after the window (after:
+			// once the capped back-off has let the credential be tried again).
+			var before, inside, after struct{ calls, errors, requests float64 }
+			for i, p := range r.Series {
+				from := p.T - p.Span
+				var b *struct{ calls, errors, requests float64 }
+				switch {
+				case i > 0 && p.T <= 0.6+1e-6: // the first holds the cold start
+					b = &before
+				case from >= 0.6-1e-6 && p.T <= 1.1+1e-6:
+					b = &inside
+				case from >= 1.3-1e-6:
+					b = &after
+				default:
+					continue
+				}
+				b.calls += p.CredTotalPerS * p.Span
+				b.errors += float64(p.TokenErrors)
+				b.requests += float64(p.Requests)
+			}
+			t.Logf("before %+v, inside %+v, after %+v", before, inside, after)
+			if before.calls != 0 || before.errors != 0 || before.requests == 0 {
+				t.Errorf("before the window: %+v, want requests served from the cache", before)
+			}
+			if inside.calls == 0 || inside.errors == 0 {
+				t.Errorf("inside the window: %+v, want failing credential calls and errors", inside)
+			}
+			if after.errors != 0 || after.requests == 0 {
+				t.Errorf("after the window: %+v, want requests without errors", after)
+			}
+			if c := r.Credentials["p0"]; c.Failures == 0 || c.Calls != c.Failures+2 {
+				t.Errorf("credential calls %+v: want the cold one, the failures and one recovery", c)
+			}
+			if !strings.Contains(stdout.String(), "tokenload outage") && !strings.Contains(stdout.String(), "injected outage") ||
+				!strings.Contains(stdout.String(), "FAIL  errors==0") {
+				t.Errorf("summary does not explain the errors or the failed check:\n%s", stdout.String())
+			}
+			if tc.credential == credIdentity {
+				// Every failed call reached the endpoint and got its 400.
+				if id := r.Identity; id == nil || id.Statuses[400] != int(r.Credentials["p0"].Failures) || id.Issued != 2 {
+					t.Errorf("identity endpoint %+v, credential calls %+v", r.Identity, r.Credentials)
+				}
+				if os.Getenv("IDENTITY_ENDPOINT") != "" {
+					t.Error("the run left IDENTITY_ENDPOINT set")
+				}
+			}
+			html, _ := os.ReadFile(prefix + ".html")
+			if !bytes.Contains(html, []byte("outage (error)")) {
+				t.Error("the charts do not shade the outage")
+			}
+		})
 	}
 }
 

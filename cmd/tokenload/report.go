@@ -127,10 +127,13 @@ type result struct {
 	Checks       []check           `json:"checks"`
 	ChecksPassed bool              `json:"checks_passed"`
 
+	// Identity is what the identity endpoint saw (-credential identity).
+	Identity *endpointStats `json:"identity_endpoint,omitempty"`
+
 	Extra map[string]any `json:"runtime,omitempty"`
 }
 
-func buildResult(cfg *config, d driver, col *collector, started time.Time, elapsed time.Duration, interrupted bool) *result {
+func buildResult(cfg *config, d driver, col *collector, cr *credentials, started time.Time, elapsed time.Duration, interrupted bool) *result {
 	col.mu.Lock()
 	defer col.mu.Unlock()
 	r := &result{
@@ -167,6 +170,10 @@ func buildResult(cfg *config, d driver, col *collector, started time.Time, elaps
 	slices.SortFunc(r.Errors, func(a, b errorRow) int {
 		return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.Where, b.Where), cmp.Compare(a.Message, b.Message))
 	})
+	if cr.identity != nil {
+		s := cr.identity.stats()
+		r.Identity = &s
+	}
 	r.Figures = figures(r)
 	r.Checks = slices.Clone(cfg.checks)
 	r.ChecksPassed = evaluate(r.Checks, r.Figures)
@@ -250,6 +257,13 @@ func fmtRate(v float64) string {
 	return strconv.FormatFloat(v, 'f', 1, 64)
 }
 
+func credText(cfg *config) string {
+	if cfg.Credential == credIdentity {
+		return fmt.Sprintf("azidentity ManagedIdentityCredential -> embedded identity endpoint, lifetime %s", cfg.Lifetime)
+	}
+	return fmt.Sprintf("fake, latency %s, lifetime %s, failure rate %g", cfg.CredLatency, lifeText(cfg.Lifetime), cfg.FailureRate)
+}
+
 func lifeText(d time.Duration) string {
 	if d == 0 {
 		return "bare (single use)"
@@ -290,11 +304,11 @@ func summaryLines(r *result) [][2]string {
 		{"runtime", r.Runtime},
 		{"load", fmt.Sprintf("%d sessions x %d providers, %s credentials, %d requesters, %s", cfg.Sessions, cfg.Providers, credKind(cfg), cfg.Concurrency, rate)},
 		{"providers", r.Mapping},
-		{"credentials", fmt.Sprintf("latency %s, lifetime %s, failure rate %g", cfg.CredLatency, lifeText(cfg.Lifetime), cfg.FailureRate)},
+		{"credentials", credText(cfg)},
 		{"broker", fmt.Sprintf("request timeout %s, back-off up to %s", cfg.ReqTimeout, cfg.BackoffMax)},
 	}
 	if w := r.Outage; w != nil {
-		rows = append(rows, [2]string{"outage", fmt.Sprintf("%s from %gs to %gs, every credential call%s", cfg.Outage.Kind, w[0], w[1], map[bool]string{true: "; cached tokens dropped at its start"}[cfg.Outage.Invalidate])})
+		rows = append(rows, [2]string{"outage", fmt.Sprintf("%s from %gs to %gs, %s%s", cfg.Outage.Kind, w[0], w[1], map[bool]string{true: "the identity endpoint", false: "every credential call"}[cfg.Credential == credIdentity], map[bool]string{true: "; cached tokens dropped at its start"}[cfg.Outage.Invalidate])})
 	}
 	elapsed := fmt.Sprintf("%.2fs of %s", r.ElapsedS, cfg.Duration)
 	if r.Interrupted {
@@ -337,6 +351,17 @@ func summaryLines(r *result) [][2]string {
 		total += ":  " + strings.Join(calls, "  ")
 	}
 	rows = append(rows, [2]string{"credential calls", total})
+	if id := r.Identity; id != nil {
+		var statuses []string
+		for _, st := range slices.Sorted(maps.Keys(id.Statuses)) {
+			name := strconv.Itoa(st)
+			if st == 0 {
+				name = "hung"
+			}
+			statuses = append(statuses, fmt.Sprintf("%s: %d", name, id.Statuses[st]))
+		}
+		rows = append(rows, [2]string{"identity endpoint", fmt.Sprintf("%d requests (HTTP %s), %d tokens issued", id.Requests, cmp.Or(strings.Join(statuses, ", "), "none"), id.Issued)})
+	}
 	var refreshes []string
 	for _, k := range slices.Sorted(maps.Keys(r.Refreshes)) {
 		refreshes = append(refreshes, fmt.Sprintf("%s %d", k, r.Refreshes[k]))

@@ -399,22 +399,19 @@ func (c *collector) credEnd(j int, err error) {
 }
 
 // turnStart counts a turn in flight; turnEnd records how it ended. A turn
-// cut short by the end of the run is reported with cut set: it stays
-// counted in flight, neither an error nor a latency sample.
+// the end of the run cuts short ends after finish, which ignores it: it
+// stays counted in flight, neither an error nor a latency sample.
 func (c *collector) turnStart() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.turnsAlive++
 }
 
-func (c *collector) turnEnd(d time.Duration, err error, cut bool, traceID, session string) {
+func (c *collector) turnEnd(d time.Duration, err error, traceID, session string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.finished {
 		return
-	}
-	if cut {
-		return // still alive when finish counts it
 	}
 	c.turnsAlive--
 	c.cur.turn.add(d)
