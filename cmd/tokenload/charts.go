@@ -7,6 +7,7 @@ import (
 	"image/color"
 	"math"
 	"regexp"
+	"strconv"
 	"time"
 
 	"gonum.org/v1/plot"
@@ -102,7 +103,9 @@ func sizedTimeChart(id, title, ylabel string, r *result, logY bool, lines []line
 	c := chart{ID: id, Title: title}
 	p := plot.New()
 	p.X.Label.Text = "seconds since the start"
+	p.X.Tick.Marker = secondsTicks{}
 	p.Y.Label.Text = ylabel
+	p.Y.Tick.Marker = plainTicks{}
 	p.X.Min, p.X.Max = 0, r.ElapsedS
 	p.Y.Min = 0
 	p.Legend.Top = true
@@ -193,6 +196,7 @@ func histogramChart(id, title string, buckets []bucket, col color.Color) chart {
 	p.Y.Label.Text = "count"
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = durationTicks{}
+	p.Y.Tick.Marker = plainTicks{}
 	p.Add(plotter.NewGrid())
 	var bins []plotter.HistogramBin
 	for _, b := range buckets {
@@ -238,6 +242,44 @@ func (durationTicks) Ticks(lo, hi float64) []plot.Tick {
 				t.Label = fmtDur(time.Duration(v * 1e3))
 			}
 			ticks = append(ticks, t)
+		}
+	}
+	return ticks
+}
+
+// secondsTicks labels a time axis every 1, 2 or 5 × 10ⁿ seconds, about
+// ten times across (at most 12).
+type secondsTicks struct{}
+
+func (secondsTicks) Ticks(lo, hi float64) []plot.Tick {
+	if hi <= lo {
+		return nil
+	}
+	raw := (hi - lo) / 12
+	mag := math.Pow(10, math.Floor(math.Log10(raw)))
+	step := 10 * mag
+	for _, m := range []float64{1, 2, 5} {
+		if m*mag >= raw {
+			step = m * mag
+			break
+		}
+	}
+	decimals := max(0, int(-math.Floor(math.Log10(step))))
+	var ticks []plot.Tick
+	for k := math.Ceil(lo / step); k*step <= hi*(1+1e-9); k++ {
+		ticks = append(ticks, plot.Tick{Value: k * step, Label: strconv.FormatFloat(k*step, 'f', decimals, 64) + "s"})
+	}
+	return ticks
+}
+
+// plainTicks are gonum's default ticks labelled without trailing zeros.
+type plainTicks struct{}
+
+func (plainTicks) Ticks(lo, hi float64) []plot.Tick {
+	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ticks {
+		if ticks[i].Label != "" {
+			ticks[i].Label = fmt.Sprintf("%.6g", ticks[i].Value)
 		}
 	}
 	return ticks

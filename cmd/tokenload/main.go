@@ -403,7 +403,7 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer tr
 	runCtx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	start := time.Now()
-	col.begin(start)
+	col.begin(start, cfg.Interval)
 	cfg.Outage.begin(start)
 	if cfg.Outage.Length > 0 && cfg.Outage.Invalidate {
 		t := time.AfterFunc(cfg.Outage.At, d.invalidate)
@@ -473,7 +473,9 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer tr
 					span.End()
 					traceID = span.SpanContext().TraceID().String()
 				}
-				col.turnEnd(time.Since(t0), err, traceID, session)
+				// The end of the run may wake this requester before finish
+				// runs: a turn it cut short is still in flight.
+				col.turnEnd(time.Since(t0), err, err != nil && runCtx.Err() != nil, traceID, session)
 			}
 		})
 	}

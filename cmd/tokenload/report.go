@@ -569,7 +569,7 @@ code{font-size:.95em}
 .chart{margin:0 0 1.5em}.chart svg{display:block;width:100%;height:auto}
 .nodata{padding:2em;text-align:center;color:#888;border:1px dashed #ccc}
 .row{display:flex;gap:1.5em;align-items:flex-start}.row>.chart{flex:3;min-width:0}.row>.side{flex:2;min-width:0;font-size:.9em}
-.side td{word-break:break-word}
+.side td{word-break:break-word}.side td:nth-child(-n+2){white-space:nowrap;word-break:normal}
 .hists{display:flex;gap:1.5em}.hists>.chart{flex:1;min-width:0}
 </style>
 </head><body>

@@ -253,6 +253,9 @@ type collector struct {
 	finished bool
 
 	cur                interval
+	prev               interval  // the last closed interval,
+	prevFrom           time.Time // from here to last
+	sliver             time.Duration
 	total, totalClient hist
 
 	methods      map[string]uint64 // token requests by method (dialect)
@@ -283,14 +286,15 @@ func newCollector(providers int) *collector {
 	return c
 }
 
-// begin starts the clock. What happened before (session creation) counts
-// in the totals, not in the series.
-func (c *collector) begin(now time.Time) {
+// begin starts the clock; the series has a point per interval. What
+// happened before (session creation) counts in the totals, not in the
+// series.
+func (c *collector) begin(now time.Time, interval time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.total.merge(&c.cur.req)
 	c.cur = newInterval(len(c.credCalls), c.credInFlight)
-	c.start, c.last, c.running = now, now, true
+	c.start, c.last, c.running, c.sliver = now, now, true, interval/4
 }
 
 func isTokenRequest(name string) bool {
@@ -399,18 +403,19 @@ func (c *collector) credEnd(j int, err error) {
 }
 
 // turnStart counts a turn in flight; turnEnd records how it ended. A turn
-// the end of the run cuts short ends after finish, which ignores it: it
-// stays counted in flight, neither an error nor a latency sample.
+// the end of the run cut short (cut) stays counted in flight, neither an
+// error nor a latency sample, whether it returns before finish or after
+// (which ignores everything).
 func (c *collector) turnStart() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.turnsAlive++
 }
 
-func (c *collector) turnEnd(d time.Duration, err error, traceID, session string) {
+func (c *collector) turnEnd(d time.Duration, err error, cut bool, traceID, session string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.finished {
+	if c.finished || cut {
 		return
 	}
 	c.turnsAlive--
@@ -435,23 +440,35 @@ func (c *collector) tick(now time.Time) {
 }
 
 func (c *collector) tickLocked(now time.Time) {
-	if !c.running {
+	if !c.running || !now.After(c.last) {
 		return
 	}
-	span := now.Sub(c.last).Seconds()
-	if span <= 0 {
-		return
-	}
-	in := &c.cur
+	c.series = append(c.series, c.point(&c.cur, c.last, now))
+	c.closeInterval(now)
+}
+
+// closeInterval adds the current interval to the totals and starts the
+// next at now.
+func (c *collector) closeInterval(now time.Time) {
+	c.total.merge(&c.cur.req)
+	c.totalClient.merge(&c.cur.turn)
+	c.prev, c.prevFrom = c.cur, c.last
+	c.cur = newInterval(len(c.credCalls), c.credInFlight)
+	c.last = now
+}
+
+// point is what the charts show of interval in from..to.
+func (c *collector) point(in *interval, from, to time.Time) point {
+	span := to.Sub(from).Seconds()
 	p := point{
-		T: now.Sub(c.start).Seconds(), Span: span,
+		T: to.Sub(c.start).Seconds(), Span: span,
 		Requests: in.req.n, RequestsPerS: float64(in.req.n) / span, OutcomesPerS: map[string]float64{},
 		P50: in.req.quantileUS(0.5), P90: in.req.quantileUS(0.9), P99: in.req.quantileUS(0.99),
 		TokenErrors: in.tokenErrors, TurnErrors: in.turnErrors, ErrorsPerS: float64(in.tokenErrors+in.turnErrors) / span,
 		Turns: in.turn.n, TurnsPerS: float64(in.turn.n) / span,
 		TurnP50: in.turn.quantileUS(0.5), TurnP90: in.turn.quantileUS(0.9), TurnP99: in.turn.quantileUS(0.99),
 		TurnsAlive: c.turnsAlive,
-		CredCalls:  in.credCalls, CredPeak: in.credPeak,
+		CredCalls:  slices.Clone(in.credCalls), CredPeak: slices.Clone(in.credPeak), CredTotalPeak: in.credTotalPeak,
 	}
 	for _, o := range outcomeOrder {
 		p.OutcomesPerS[o] = float64(in.outcomes[o]) / span
@@ -462,12 +479,23 @@ func (c *collector) tickLocked(now time.Time) {
 		total += n
 	}
 	p.CredTotalPerS = float64(total) / span
-	p.CredTotalPeak = in.credTotalPeak
-	c.series = append(c.series, p)
-	c.total.merge(&in.req)
-	c.totalClient.merge(&in.turn)
-	c.cur = newInterval(len(c.credCalls), c.credInFlight)
-	c.last = now
+	return p
+}
+
+// merge adds o's counts to in.
+func (in *interval) merge(o *interval) {
+	in.req.merge(&o.req)
+	in.turn.merge(&o.turn)
+	for k, n := range o.outcomes {
+		in.outcomes[k] += n
+	}
+	in.tokenErrors += o.tokenErrors
+	in.turnErrors += o.turnErrors
+	for j := range o.credCalls {
+		in.credCalls[j] += o.credCalls[j]
+		in.credPeak[j] = max(in.credPeak[j], o.credPeak[j])
+	}
+	in.credTotalPeak = max(in.credTotalPeak, o.credTotalPeak)
 }
 
 func sumInts(xs []int) int {
@@ -484,7 +512,16 @@ func sumInts(xs []int) int {
 func (c *collector) finish(now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.tickLocked(now)
+	if n := len(c.series); n > 0 && c.running && now.Sub(c.last) < c.sliver {
+		// The end falls just after a tick: fold the sliver into the last
+		// interval rather than plot a rate over a few milliseconds.
+		prev := c.prev
+		prev.merge(&c.cur)
+		c.series[n-1] = c.point(&prev, c.prevFrom, now)
+		c.closeInterval(now)
+	} else {
+		c.tickLocked(now)
+	}
 	c.reqAtEnd, c.turnsAtEnd = c.reqInFlight, c.turnsAlive
 	c.running, c.finished = false, true
 }
