@@ -457,25 +457,7 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer tr
 					}
 					t0 = due
 				}
-				s := slot{worker: w, iter: i, global: int(k)}
-				if !d.turns() {
-					_, _ = d.op(runCtx, s) // the broker's span records the outcome
-					continue
-				}
-				opCtx, span := runCtx, trace.Span(nil)
-				if tracer != nil {
-					opCtx, span = tracer.Start(runCtx, "tokenload.turn")
-				}
-				col.turnStart()
-				session, err := d.op(opCtx, s)
-				traceID := ""
-				if span != nil {
-					span.End()
-					traceID = span.SpanContext().TraceID().String()
-				}
-				// The end of the run may wake this requester before finish
-				// runs: a turn it cut short is still in flight.
-				col.turnEnd(time.Since(t0), err, err != nil && runCtx.Err() != nil, traceID, session)
+				operate(runCtx, d, col, tracer, slot{worker: w, iter: i, global: int(k)}, t0)
 			}
 		})
 	}
@@ -491,4 +473,28 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer tr
 		fmt.Fprint(stderr, "\r\033[K")
 	}
 	return end.Sub(start), ctx.Err() != nil
+}
+
+// operate performs one operation of the load loop, begun (or due) at t0,
+// and records it: a turn in the collector (with a span of its own when
+// tracer is set); a bare token request is recorded from the broker's span.
+func operate(runCtx context.Context, d driver, col *collector, tracer trace.Tracer, s slot, t0 time.Time) {
+	if !d.turns() {
+		_, _ = d.op(runCtx, s)
+		return
+	}
+	opCtx, span := runCtx, trace.Span(nil)
+	if tracer != nil {
+		opCtx, span = tracer.Start(runCtx, "tokenload.turn")
+	}
+	col.turnStart()
+	session, err := d.op(opCtx, s)
+	traceID := ""
+	if span != nil {
+		span.End()
+		traceID = span.SpanContext().TraceID().String()
+	}
+	// The end of the run may wake this requester before finish runs: a
+	// turn it cut short is still in flight.
+	col.turnEnd(time.Since(t0), err, err != nil && runCtx.Err() != nil, traceID, session)
 }
