@@ -68,6 +68,15 @@ func shellQuote(args []string) string {
 type creds struct {
 	Calls    uint64 `json:"calls"`
 	Failures uint64 `json:"failures"`
+	InFlight int    `json:"in_flight_at_end"`
+}
+
+func (c creds) String() string {
+	s := fmt.Sprintf("%d (%d failed", c.Calls, c.Failures)
+	if c.InFlight > 0 {
+		s += fmt.Sprintf(", %d in flight", c.InFlight)
+	}
+	return s + ")"
 }
 
 // errorRow is one distinct error message and how often it was seen.
@@ -161,6 +170,9 @@ func buildResult(cfg *config, d driver, col *collector, cr *credentials, started
 	}
 	for j := range cfg.Providers {
 		c := creds{Calls: col.credCalls[j], Failures: col.credFailures[j]}
+		if col.credAtEnd != nil {
+			c.InFlight = col.credAtEnd[j]
+		}
 		r.Credentials[providerName(j)] = c
 		r.CredentialCalls += c.Calls
 	}
@@ -343,7 +355,7 @@ func summaryLines(r *result) [][2]string {
 	if len(r.Credentials) <= 4 {
 		for j := range cfg.Providers {
 			c := r.Credentials[providerName(j)]
-			calls = append(calls, fmt.Sprintf("%s %d (%d failed)", providerName(j), c.Calls, c.Failures))
+			calls = append(calls, providerName(j)+" "+c.String())
 		}
 	}
 	total := strconv.FormatUint(r.CredentialCalls, 10)

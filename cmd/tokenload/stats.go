@@ -210,16 +210,16 @@ func keepSlowest(list []slow, s slow) []slow {
 type errorKey struct{ where, msg string }
 
 // varying parts of error messages that would split one cause over many
-// rows: session names and back-off waits.
+// rows: session names, back-off waits and measured timeouts.
 var (
 	sessionNameRE = regexp.MustCompile(`load-\d{6}`)
-	nextTryRE     = regexp.MustCompile(`next try in [0-9.]+[µmn]?s`)
+	waitRE        = regexp.MustCompile(`(next try in|timed out after) [0-9.]+[µmn]?s`)
 )
 
 func normalizeError(msg string) string {
 	msg = tokens.Scrub(msg)
 	msg = sessionNameRE.ReplaceAllString(msg, "load-*")
-	return nextTryRE.ReplaceAllString(msg, "next try in …")
+	return waitRE.ReplaceAllString(msg, "$1 …")
 }
 
 // interval accumulates what happens until the next tick.
@@ -270,6 +270,7 @@ type collector struct {
 	turnErrors   uint64
 	turnsAtEnd   int // turns still running at the end
 	credInFlight []int
+	credAtEnd    []int // credential calls still running at the end
 	credCalls    []uint64
 	credFailures []uint64
 	slowRequests []slow
@@ -522,7 +523,7 @@ func (c *collector) finish(now time.Time) {
 	} else {
 		c.tickLocked(now)
 	}
-	c.reqAtEnd, c.turnsAtEnd = c.reqInFlight, c.turnsAlive
+	c.reqAtEnd, c.turnsAtEnd, c.credAtEnd = c.reqInFlight, c.turnsAlive, slices.Clone(c.credInFlight)
 	c.running, c.finished = false, true
 }
 
