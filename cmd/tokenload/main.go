@@ -1,7 +1,10 @@
 // Command tokenload drives a tokenbroker under load and reports what
 // happened: N sessions with M bearer-token providers each (on shared or
-// per-session credentials with configurable latency, lifetime and failure
-// rate), C concurrent requesters or a target rate, for a duration.
+// per-session credentials), C concurrent requesters or a target rate, for
+// a duration. The credential is a fake one with configurable latency,
+// lifetime and failure rate, or (-credential identity) azidentity's
+// ManagedIdentityCredential against an embedded App Service identity
+// endpoint.
 //
 // Runtimes (-runtime):
 //
@@ -15,12 +18,13 @@
 //
 // Every token request and refresh the broker traces is counted from its
 // span, so the numbers are the same whatever drives it; -trace also exports
-// the spans (and metrics) to stdout, a file or OTLP. -outage makes the
-// credentials fail, hang or slow down during a window; -check turns the
-// summary's figures into pass/fail thresholds for CI (exit status 3 when
-// one fails). At the end it prints a summary and writes <out>.json and
-// <out>.html (charts over time and latency histograms). Ctrl-C stops early
-// and still reports.
+// the spans (and metrics) to stdout, a file or OTLP, and the report lists
+// the slowest requests and turns by trace id. -outage makes the credential
+// (or the identity endpoint) fail, hang or slow down during a window;
+// -check turns the summary's figures into pass/fail thresholds for CI
+// (exit status 3 when one fails). At the end it prints a summary and
+// writes <out>.json and <out>.html (charts over time and latency
+// histograms, drawn with gonum/plot). Ctrl-C stops early and still reports.
 //
 //	go run ./cmd/tokenload -sessions 1000 -providers 2 -duration 10s
 //	go run ./cmd/tokenload -duration 10s -outage 3s@4s -check 'errors==0'

@@ -336,6 +336,12 @@ func TestInFlight(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", want, stdout.String())
 		}
 	}
+	html, _ := os.ReadFile(prefix + ".html")
+	for _, id := range []string{"turn-latency", "turn-latency-histogram", "token-latency"} {
+		if !regexp.MustCompile(`id="` + id + `"><figcaption>[^<]*<b>[^<]*</b></figcaption><div class="nodata">no data</div>`).Match(html) {
+			t.Errorf("chart %s does not say no data", id)
+		}
+	}
 	for _, p := range r.Series {
 		if p.TurnsAlive != 3 || p.TurnP50 != nil {
 			t.Errorf("point %+v: want 3 turns in flight and no latency", p)
