@@ -25,6 +25,7 @@ type chart struct {
 	SVG   template.HTML // empty: no data
 }
 
+// The charts' text in sans serif, like the page around them.
 func init() {
 	plot.DefaultFont = font.Font{Typeface: "Liberation", Variant: "Sans"}
 }
