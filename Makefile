@@ -8,9 +8,9 @@ COPILOT_CLI := $(CLI_DIR)/node_modules/@github/copilot-linux-x64/copilot
 # Nothing a test runs may reach a real identity service.
 CLEAN_ENV = env $$(env | sed -n 's/^\(AZURE_[^=]*\|IDENTITY_[^=]*\|MSI_[^=]*\|IMDS_ENDPOINT\)=.*/-u \1/p')
 
-.PHONY: test vet cli fuzz vulncheck
-test: cli vet vulncheck
-	$(CLEAN_ENV) TOKENBROKER_REQUIRE_CLI=1 COPILOT_CLI_PATH=$(COPILOT_CLI) \
+.PHONY: test vet cli browser fuzz vulncheck
+test: cli browser vet vulncheck
+	$(CLEAN_ENV) TOKENBROKER_REQUIRE_CLI=1 COPILOT_CLI_PATH=$(COPILOT_CLI) TOKENBROKER_REQUIRE_BROWSER=1 \
 		$(GO) test -race -count=1 -timeout 20m ./...
 
 vet:
@@ -22,6 +22,14 @@ $(COPILOT_CLI):
 	mkdir -p $(CLI_DIR)
 	npm install --prefix $(CLI_DIR) --no-audit --no-fund --loglevel=error @github/copilot-linux-x64@$(CLI_VERSION)
 	test -x $@
+
+# Headless Chromium for the tokenload report's browser check
+# (cmd/tokenload/browser_test.go): Debian's package, installed when no
+# chromium is on PATH (needs root, or run the two apt-get lines yourself).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		apt-get update && apt-get install -y chromium; }
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1
 
 # Fuzzing. `go test` (so `make test`) runs every target on its checked-in
 # seed corpus (transport/testdata/fuzz); this runs each for FUZZTIME.

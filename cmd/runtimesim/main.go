@@ -5,7 +5,7 @@
 // serves TCP connections on a loopback address until interrupted, printing
 // "listening on ADDR" on stdout first.
 //
-//	runtimesim -dialect getToken
+//	runtimesim                  (getToken dialect, like the Copilot CLI)
 //	runtimesim -dialect acquire -listen 127.0.0.1:0
 package main
 
@@ -40,7 +40,7 @@ func main() {
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("runtimesim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dialect := fs.String("dialect", "acquire", "token request dialect: acquire or getToken")
+	dialect := fs.String("dialect", runtimesim.DefaultDialect.String(), "token request dialect: acquire or getToken")
 	listen := fs.String("listen", "", "serve TCP on this loopback address (e.g. 127.0.0.1:0) instead of stdin/stdout")
 	turnRequests := fs.Int("turn-requests", 1, "model requests per turn")
 	tokenTimeout := fs.Duration("token-timeout", 60*time.Second, "bound on each token request")

@@ -11,6 +11,8 @@ import (
 
 	"github.com/sourcegraph/jsonrpc2"
 	"go.uber.org/goleak"
+
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -80,7 +82,7 @@ func TestListen(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		connectCall(t, c, "sim-acquire")
+		connectCall(t, c, "sim-"+runtimesim.DefaultDialect.String()) // the shared default
 	}
 	cancel()
 	waitRun(t, done, "cancel")

@@ -10,6 +10,7 @@ import (
 	"log"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,63 +31,72 @@ import (
 // can check that none reaches its telemetry.
 const secretMarker = "tokenload-secret-"
 
-// credCount counts one provider name's credential calls.
-type credCount struct {
-	calls, failures atomic.Int64
-}
-
 // fakeCredential is a credential with configurable latency, lifetime and
-// failure rate. A zero lifetime issues bare, single-use tokens.
-type fakeCredential struct {
-	latency     time.Duration
-	lifetime    time.Duration
-	failureRate float64
-	count       *credCount
-}
+// failure rate, and the run's outage. A zero lifetime issues bare,
+// single-use tokens.
+type fakeCredential struct{ cfg *config }
 
 var errInjected = errors.New("tokenload: injected credential failure")
 
-func (f *fakeCredential) Token(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
-	f.count.calls.Add(1)
-	if f.latency > 0 {
-		t := time.NewTimer(f.latency)
+func (f fakeCredential) Token(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
+	if err := f.cfg.Outage.apply(ctx); err != nil {
+		return tokens.Token{}, err
+	}
+	if f.cfg.CredLatency > 0 {
+		t := time.NewTimer(f.cfg.CredLatency)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			f.count.failures.Add(1)
 			return tokens.Token{}, ctx.Err()
 		}
 	}
-	if f.failureRate > 0 && rand.Float64() < f.failureRate {
-		f.count.failures.Add(1)
+	if f.cfg.FailureRate > 0 && rand.Float64() < f.cfg.FailureRate {
 		return tokens.Token{}, errInjected
 	}
 	var b [12]byte
 	_, _ = crand.Read(b[:]) // never fails (crypto/rand)
 	tok := tokens.Token{Value: secretMarker + hex.EncodeToString(b[:])}
-	if f.lifetime > 0 {
-		tok.ExpiresOn = time.Now().Add(f.lifetime)
+	if f.cfg.Lifetime > 0 {
+		tok.ExpiresOn = time.Now().Add(f.cfg.Lifetime)
 	}
 	return tok, nil
 }
 
-// credentials hands out the providers' sources: one shared Credential per
-// provider name, or a fresh source per session.
+// credentials hands out the providers' sources, each counted: the fake
+// credential, or azidentity in front of the embedded identity endpoint
+// (one per provider name); shared through one Credential per provider
+// name across sessions, or a cache per session.
 type credentials struct {
-	cfg    *config
-	counts []*credCount // by provider index
-	shared []*actors.Credential
+	cfg      *config
+	col      *collector
+	identity *identity       // -credential identity
+	sources  []tokens.Source // by provider, for identity
+	shared   []*actors.Credential
 }
 
-func newCredentials(cfg *config, broker *actors.Broker) (*credentials, error) {
-	c := &credentials{cfg: cfg}
-	for j := range cfg.Providers {
-		count := &credCount{}
-		c.counts = append(c.counts, count)
-		if cfg.Shared {
-			cred, err := broker.NewCredential(providerName(j), "", c.fake(j))
+func newCredentials(cfg *config, broker *actors.Broker, col *collector) (*credentials, error) {
+	c := &credentials{cfg: cfg, col: col}
+	if cfg.Credential == credIdentity {
+		id, err := startIdentity(cfg)
+		if err != nil {
+			return nil, err
+		}
+		c.identity = id
+		for j := range cfg.Providers {
+			src, err := id.source(j)
 			if err != nil {
+				c.close()
+				return nil, err
+			}
+			c.sources = append(c.sources, src)
+		}
+	}
+	if cfg.Shared {
+		for j := range cfg.Providers {
+			cred, err := broker.NewCredential(providerName(j), c.scope(), c.fresh(j))
+			if err != nil {
+				c.close()
 				return nil, err
 			}
 			c.shared = append(c.shared, cred)
@@ -95,15 +105,51 @@ func newCredentials(cfg *config, broker *actors.Broker) (*credentials, error) {
 	return c, nil
 }
 
-func (c *credentials) fake(j int) tokens.Source {
-	return &fakeCredential{latency: c.cfg.CredLatency, lifetime: c.cfg.Lifetime, failureRate: c.cfg.FailureRate, count: c.counts[j]}
+// scope is what the providers are configured with: azidentity needs one.
+func (c *credentials) scope() string {
+	if c.identity != nil {
+		return identityScope
+	}
+	return ""
+}
+
+func (c *credentials) fresh(j int) tokens.Source {
+	if c.identity != nil {
+		return counted{src: c.sources[j], j: j, col: c.col}
+	}
+	return counted{src: fakeCredential{cfg: c.cfg}, j: j, col: c.col}
 }
 
 func (c *credentials) source(j int) tokens.Source {
 	if c.cfg.Shared {
 		return c.shared[j]
 	}
-	return c.fake(j)
+	return c.fresh(j)
+}
+
+// close stops the identity endpoint, after the broker has ended its calls.
+func (c *credentials) close() {
+	if c.identity != nil {
+		c.identity.close()
+	}
+}
+
+// invalidate drops the cached token of every session's providers on
+// router, or of the shared credentials.
+func (c *credentials) invalidate(router *actors.Router) {
+	if c.cfg.Shared {
+		for _, cred := range c.shared {
+			cred.Invalidate()
+		}
+		return
+	}
+	for i := range c.cfg.Sessions {
+		for j := range c.cfg.Providers {
+			// An error means the provider has not started (no request
+			// yet): it has no token to drop.
+			_ = router.Invalidate(sessionName(i), providerName(j))
+		}
+	}
 }
 
 func providerName(j int) string { return fmt.Sprintf("p%d", j) }
@@ -117,12 +163,16 @@ type slot struct{ worker, iter, global int }
 type driver interface {
 	// label describes the runtime for the report.
 	label() string
-	// clientOp names what op measures on the client side.
-	clientOp() string
+	// turns reports whether op is a turn (else a bare token request).
+	turns() bool
+	// mapping says how sessions and requests map to providers.
+	mapping() string
 	// open creates the sessions.
 	open(ctx context.Context) error
-	// op performs one unit of load.
-	op(ctx context.Context, s slot) error
+	// op performs one unit of load and returns the session it used.
+	op(ctx context.Context, s slot) (string, error)
+	// invalidate drops every cached token.
+	invalidate()
 	// close ends the runtime connection (the broker is closed by the caller).
 	close() error
 	// extra is driver-specific data for the report.
@@ -158,13 +208,20 @@ func newDirect(ctx context.Context, cfg *config, broker *actors.Broker, creds *c
 func (d *directDriver) label() string {
 	return fmt.Sprintf("direct: token requests over an in-memory pipe (%s)", d.method)
 }
-func (d *directDriver) clientOp() string { return "token request round trip" }
+func (d *directDriver) turns() bool { return false }
+
+func (d *directDriver) mapping() string {
+	if d.cfg.Providers == 1 {
+		return "request k asks session k mod N for p0"
+	}
+	return "request k asks session k mod N for provider p((k div N) mod M): every session uses every provider"
+}
 
 func (d *directDriver) open(context.Context) error {
 	for i := range d.cfg.Sessions {
 		ps := make([]actors.Provider, d.cfg.Providers)
 		for j := range ps {
-			ps[j] = actors.Provider{Name: providerName(j), Source: d.creds.source(j)}
+			ps[j] = actors.Provider{Name: providerName(j), Scope: d.creds.scope(), Source: d.creds.source(j)}
 		}
 		if err := d.conn.Router().Open(sessionName(i), ps); err != nil {
 			return err
@@ -178,20 +235,16 @@ type tokenParams struct {
 	ProviderName string `json:"providerName"`
 }
 
-func (d *directDriver) op(ctx context.Context, s slot) error {
+func (d *directDriver) op(ctx context.Context, s slot) (string, error) {
 	n := d.cfg.Sessions
 	p := tokenParams{SessionID: sessionName(s.global % n), ProviderName: providerName(s.global / n % d.cfg.Providers)}
 	var res struct {
 		Token string `json:"token"`
 	}
-	if err := d.rt.Call(ctx, d.method, p, &res); err != nil {
-		return err
-	}
-	if res.Token == "" {
-		return errors.New("empty token in the reply")
-	}
-	return nil
+	return p.SessionID, d.rt.Call(ctx, d.method, p, &res)
 }
+
+func (d *directDriver) invalidate() { d.creds.invalidate(d.conn.Router) }
 
 func (d *directDriver) close() error {
 	err := d.rt.Close()
@@ -272,8 +325,22 @@ func newTurnDriver(ctx context.Context, cfg *config, broker *actors.Broker, cred
 	return d, nil
 }
 
-func (d *turnDriver) label() string    { return d.desc }
-func (d *turnDriver) clientOp() string { return "turn (session.send to session.idle)" }
+func (d *turnDriver) label() string { return d.desc }
+func (d *turnDriver) turns() bool   { return true }
+
+func (d *turnDriver) mapping() string {
+	m := d.cfg.Providers
+	if m == 1 {
+		return "every session has provider p0"
+	}
+	n, each := d.cfg.Sessions, ""
+	if n%m == 0 {
+		each = strconv.Itoa(n / m)
+	} else {
+		each = fmt.Sprintf("%d-%d", n/m, n/m+1)
+	}
+	return fmt.Sprintf("every session has p0..p%d; session i's model uses p(i mod %d), %s sessions each", m-1, m, each)
+}
 
 // sessionConfig: every session names all providers; session i selects
 // provider i mod M's model, so the load spreads over the providers.
@@ -282,7 +349,7 @@ func (d *turnDriver) sessionConfig(i int) sessions.SessionConfig {
 	for j := range d.cfg.Providers {
 		name := providerName(j)
 		cfg.Providers = append(cfg.Providers, sessions.NamedProviderConfig{Name: name, ProviderConfig: sessions.ProviderConfig{
-			Type: "openai", BaseURL: d.modelURL, BearerTokenSource: d.creds.source(j),
+			Type: "openai", BaseURL: d.modelURL, BearerTokenSource: d.creds.source(j), BearerTokenScope: d.creds.scope(),
 		}})
 		cfg.Models = append(cfg.Models, sessions.ModelConfig{ID: "m" + name, Provider: name, WireModel: "gpt-4o"})
 	}
@@ -328,12 +395,13 @@ func (d *turnDriver) open(ctx context.Context) error {
 
 // op runs one turn. Worker w takes sessions w, w+C, w+2C...: with C <= N no
 // two workers share a session.
-func (d *turnDriver) op(ctx context.Context, s slot) error {
-	n := d.cfg.Sessions
-	sess := d.sessions[(s.worker+s.iter*d.cfg.Concurrency)%n]
-	_, err := sess.SendAndWait(ctx, "load test turn")
-	return err
+func (d *turnDriver) op(ctx context.Context, s slot) (string, error) {
+	i := (s.worker + s.iter*d.cfg.Concurrency) % d.cfg.Sessions
+	_, err := d.sessions[i].SendAndWait(ctx, "load test turn")
+	return sessionName(i), err
 }
+
+func (d *turnDriver) invalidate() { d.creds.invalidate(d.client.Router()) }
 
 func (d *turnDriver) close() error {
 	err := d.client.Close()

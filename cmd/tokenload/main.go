@@ -1,7 +1,10 @@
 // Command tokenload drives a tokenbroker under load and reports what
 // happened: N sessions with M bearer-token providers each (on shared or
-// per-session credentials with configurable latency, lifetime and failure
-// rate), C concurrent requesters or a target rate, for a duration.
+// per-session credentials), C concurrent requesters or a target rate, for
+// a duration. The credential is a fake one with configurable latency,
+// lifetime and failure rate, or (-credential identity) azidentity's
+// ManagedIdentityCredential against an embedded App Service identity
+// endpoint.
 //
 // Runtimes (-runtime):
 //
@@ -15,11 +18,16 @@
 //
 // Every token request and refresh the broker traces is counted from its
 // span, so the numbers are the same whatever drives it; -trace also exports
-// the spans (and metrics) to stdout, a file or OTLP. At the end it prints a
-// summary and writes <out>.json and <out>.html (an inline SVG chart of
-// throughput and latency over time). Ctrl-C stops early and still reports.
+// the spans (and metrics) to stdout, a file or OTLP, and the report lists
+// the slowest requests and turns by trace id. -outage makes the credential
+// (or the identity endpoint) fail, hang or slow down during a window;
+// -check turns the summary's figures into pass/fail thresholds for CI
+// (exit status 3 when one fails). At the end it prints a summary and
+// writes <out>.json and <out>.html (charts over time and latency
+// histograms, drawn with gonum/plot). Ctrl-C stops early and still reports.
 //
 //	go run ./cmd/tokenload -sessions 1000 -providers 2 -duration 10s
+//	go run ./cmd/tokenload -duration 10s -outage 3s@4s -check 'errors==0'
 package main
 
 import (
@@ -30,6 +38,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,10 +47,21 @@ import (
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
+	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing/export"
 	"github.com/tokenbroker/tokenbroker/transport"
+)
+
+// Exit statuses.
+const (
+	exitOK     = 0
+	exitError  = 1 // the run could not be done
+	exitUsage  = 2
+	exitChecks = 3 // the run was done and a -check failed
 )
 
 func main() {
@@ -59,58 +80,101 @@ func isTerminal(f *os.File) bool {
 
 // config is the parsed command line.
 type config struct {
+	Args        []string      `json:"args"`
 	Runtime     string        `json:"runtime"`
 	Addr        string        `json:"addr,omitempty"`
 	CLIPath     string        `json:"cli,omitempty"`
 	ModelURL    string        `json:"model_url,omitempty"`
-	Dialect     string        `json:"dialect"`
+	Dialect     string        `json:"dialect,omitempty"` // empty where the runtime decides
 	Sessions    int           `json:"sessions"`
 	Providers   int           `json:"providers"`
 	Shared      bool          `json:"shared_credentials"`
 	Concurrency int           `json:"concurrency"`
 	Rate        float64       `json:"rate,omitempty"`
 	Duration    time.Duration `json:"-"`
+	Credential  string        `json:"credential"`
 	CredLatency time.Duration `json:"-"`
 	Lifetime    time.Duration `json:"-"`
 	FailureRate float64       `json:"failure_rate"`
 	Interval    time.Duration `json:"-"`
+	BackoffMax  time.Duration `json:"-"`
+	ReqTimeout  time.Duration `json:"-"`
 	Out         string        `json:"out"`
 	Trace       string        `json:"trace"`
+	Check       string        `json:"check,omitempty"`
+	Outage      outage        `json:"outage"`
 
 	target export.Target
+	checks []check
+	// defaulted lists the flags tokenload chose for this runtime, and why.
+	defaulted string
 }
+
+// Credentials (-credential).
+const (
+	credFake     = "fake"
+	credIdentity = "identity"
+	// identityMinLifetime leaves the broker a token it may serve.
+	identityMinLifetime = 2 * time.Minute
+)
 
 // errUsage marks errors that deserve the usage text and exit status 2.
 var errUsage = errors.New("usage")
 
+// Copilot CLI limits: one CLI process on this kind of machine serves a
+// handful of turns at once (Node.js, one event loop); more requesters only
+// queue inside it, and the run measures that queue instead of the broker.
+// Measured on 2 cores: 4 requesters 19 turns/s (p50 0.18 s), 16 requesters
+// 14 turns/s (p50 1 s).
+const (
+	copilotPerCPU      = 2 // default requesters per CPU
+	copilotMaxPerCPU   = 8 // refused above this many per CPU
+	copilotMinDuration = 5 * time.Second
+)
+
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
-	cfg := &config{}
+	cfg := &config{Args: args}
 	fs := flag.NewFlagSet("tokenload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	var outageSpec string
 	fs.StringVar(&cfg.Runtime, "runtime", "sim", "what sends the token requests: sim, direct, tcp or copilot")
 	fs.StringVar(&cfg.Addr, "addr", "", "runtime address for -runtime tcp (host:port)")
 	fs.StringVar(&cfg.CLIPath, "cli", "", "Copilot CLI binary for -runtime copilot (default $COPILOT_CLI_PATH or make cli's copy)")
 	fs.StringVar(&cfg.ModelURL, "model-url", "", "model endpoint the runtime calls (default: a fake one started on 127.0.0.1)")
-	fs.StringVar(&cfg.Dialect, "dialect", "getToken", "token request dialect for sim and direct: getToken or acquire")
-	fs.IntVar(&cfg.Sessions, "sessions", 100, "number of sessions")
+	fs.StringVar(&cfg.Dialect, "dialect", runtimesim.DefaultDialect.String(), "token request dialect for sim and direct (getToken or acquire); copilot speaks getToken only; a tcp runtime chooses its own")
+	fs.IntVar(&cfg.Sessions, "sessions", 100, "number of sessions (copilot: 2 per CPU)")
 	fs.IntVar(&cfg.Providers, "providers", 1, "bearer-token providers per session")
 	fs.BoolVar(&cfg.Shared, "shared", false, "providers share one credential per provider name across sessions (default: one per session)")
-	fs.IntVar(&cfg.Concurrency, "concurrency", 64, "concurrent requesters")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 64, "concurrent requesters (copilot: 2 per CPU, at most 8 per CPU)")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "target operations per second (0: as fast as the requesters go)")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to run")
-	fs.DurationVar(&cfg.CredLatency, "cred-latency", 0, "latency of each credential call")
+	fs.StringVar(&cfg.Credential, "credential", credFake, "the credential: fake (in process) or identity (azidentity's ManagedIdentityCredential against an embedded App Service identity endpoint)")
+	fs.DurationVar(&cfg.CredLatency, "cred-latency", 0, "latency of each credential call (fake credential)")
 	fs.DurationVar(&cfg.Lifetime, "lifetime", time.Hour, "lifetime of issued tokens (0: bare, single-use tokens)")
-	fs.Float64Var(&cfg.FailureRate, "failure-rate", 0, "fraction of credential calls that fail, 0 to 1")
+	fs.Float64Var(&cfg.FailureRate, "failure-rate", 0, "fraction of credential calls that fail, 0 to 1 (fake credential)")
+	fs.StringVar(&outageSpec, "outage", "", "an outage of the credential (or identity endpoint) of LENGTH from START, e.g. 5s@10s")
+	fs.StringVar(&cfg.Outage.Kind, "outage-kind", outageError, "what the credential does in the outage: "+strings.Join(outageKinds, ", "))
+	fs.DurationVar(&cfg.Outage.Delay, "outage-delay", time.Second, "extra latency of each credential call in a slow outage")
+	fs.BoolVar(&cfg.Outage.Invalidate, "outage-invalidate", true, "drop every cached token when the outage starts, so the broker must call the credential during it")
+	fs.DurationVar(&cfg.BackoffMax, "backoff-max", tokens.DefaultPolicy().BackoffMax, "broker: longest wait before retrying a failed credential (tokens.Policy.BackoffMax)")
+	fs.DurationVar(&cfg.ReqTimeout, "request-timeout", actors.DefaultRequestTimeout, "broker: longest a token request waits (actors.Options.RequestTimeout)")
+	fs.StringVar(&cfg.Check, "check", "", "thresholds, e.g. 'p99<50ms,errors==0,credential_calls<=2,hit_ratio>=0.9' (exit status 3 when one fails)")
 	fs.DurationVar(&cfg.Interval, "interval", 0, "time-series interval in the report (default: duration/60, 100ms to 10s)")
 	fs.StringVar(&cfg.Out, "out", "tokenload-report", "report path prefix: writes PREFIX.json and PREFIX.html")
 	fs.StringVar(&cfg.Trace, "trace", "none", "export spans and metrics: none, stdout, stderr, file:PATH, otlp, otlp-grpc or otlp-http (OTLP endpoint from OTEL_EXPORTER_OTLP_*)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: tokenload [flags]\n\nDrives a tokenbroker under load and writes a report.\n\n")
 		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "\nFigures for -check (NAME OP VALUE, OP one of < <= > >= == !=):\n")
+		for _, f := range figureHelp {
+			fmt.Fprintf(fs.Output(), "  %-20s %s\n", f.name, f.what)
+		}
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	bad := func(format string, a ...any) (*config, error) {
 		err := fmt.Errorf("%w: "+format, append([]any{errUsage}, a...)...)
 		fmt.Fprintf(stderr, "tokenload: %s\n", strings.TrimPrefix(err.Error(), "usage: "))
@@ -120,17 +184,28 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return bad("unexpected argument %q", fs.Arg(0))
 	}
+	if cfg.Dialect != "getToken" && cfg.Dialect != "acquire" {
+		return bad("-dialect %q: want getToken or acquire", cfg.Dialect)
+	}
 	switch cfg.Runtime {
-	case "sim", "direct", "copilot":
+	case "sim", "direct":
+	case "copilot":
+		if cfg.Dialect != "getToken" {
+			return bad("-dialect %s does not apply to -runtime copilot: Copilot CLI 1.0.102 sends providerToken.getToken only", cfg.Dialect)
+		}
+		if msg := copilotLimits(cfg, set); msg != "" {
+			return bad("%s", msg)
+		}
 	case "tcp":
 		if cfg.Addr == "" {
 			return bad("-runtime tcp needs -addr")
 		}
+		if set["dialect"] {
+			return bad("-dialect does not apply to -runtime tcp: the runtime at -addr chooses its dialect (e.g. runtimesim -dialect %s), and tokenload answers both", cfg.Dialect)
+		}
+		cfg.Dialect = ""
 	default:
 		return bad("-runtime %q: want sim, direct, tcp or copilot", cfg.Runtime)
-	}
-	if cfg.Dialect != "getToken" && cfg.Dialect != "acquire" {
-		return bad("-dialect %q: want getToken or acquire", cfg.Dialect)
 	}
 	switch {
 	case cfg.Sessions < 1:
@@ -143,13 +218,37 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return bad("-duration must be positive")
 	case cfg.Rate < 0:
 		return bad("-rate must not be negative")
-	case cfg.CredLatency < 0 || cfg.Lifetime < 0 || cfg.Interval < 0:
+	case cfg.CredLatency < 0 || cfg.Lifetime < 0 || cfg.Interval < 0 || cfg.Outage.Delay < 0:
 		return bad("durations must not be negative")
+	case cfg.BackoffMax <= 0 || cfg.ReqTimeout <= 0:
+		return bad("-backoff-max and -request-timeout must be positive")
 	case cfg.FailureRate < 0 || cfg.FailureRate > 1:
 		return bad("-failure-rate must be between 0 and 1")
 	case cfg.Out == "":
 		return bad("-out must not be empty")
+	case cfg.Credential != credFake && cfg.Credential != credIdentity:
+		return bad("-credential %q: want %s or %s", cfg.Credential, credFake, credIdentity)
+	case cfg.Credential == credIdentity && (set["cred-latency"] || set["failure-rate"]):
+		return bad("-cred-latency and -failure-rate apply to the fake credential only; use -outage-kind slow or 500 with -credential identity")
+	case cfg.Credential == credIdentity && cfg.Lifetime < identityMinLifetime:
+		return bad("-lifetime %s with -credential identity: the endpoint issues expiring tokens, at least %s (the broker serves none with less than 60 s left)", cfg.Lifetime, identityMinLifetime)
+	case !slices.Contains(outageKinds, cfg.Outage.Kind):
+		return bad("-outage-kind %q: want one of %s", cfg.Outage.Kind, strings.Join(outageKinds, ", "))
 	}
+	if outageSpec != "" {
+		var err error
+		if cfg.Outage.Length, cfg.Outage.At, err = parseOutage(outageSpec); err != nil {
+			return bad("-outage %v", err)
+		}
+		if cfg.Outage.At >= cfg.Duration {
+			return bad("-outage %s starts after the run ends (-duration %s)", outageSpec, cfg.Duration)
+		}
+	}
+	checks, err := parseChecks(cfg.Check, figures(&result{}))
+	if err != nil {
+		return bad("-check: %v", err)
+	}
+	cfg.checks = checks
 	target, err := export.ParseTarget(cfg.Trace)
 	if err != nil {
 		return bad("-trace: %v", err)
@@ -161,24 +260,54 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	return cfg, nil
 }
 
+// copilotLimits fills in the defaults one Copilot CLI can carry, for the
+// flags not given, and refuses loads it cannot carry.
+func copilotLimits(cfg *config, set map[string]bool) string {
+	cpus := runtime.NumCPU()
+	var chosen []string
+	if !set["concurrency"] {
+		cfg.Concurrency = copilotPerCPU * cpus
+		chosen = append(chosen, fmt.Sprintf("-concurrency %d", cfg.Concurrency))
+	}
+	if !set["sessions"] {
+		cfg.Sessions = cfg.Concurrency
+		chosen = append(chosen, fmt.Sprintf("-sessions %d", cfg.Sessions))
+	}
+	if chosen != nil {
+		cfg.defaulted = fmt.Sprintf("%s: what one Copilot CLI on %d CPUs carries (%d requesters per CPU)", strings.Join(chosen, " "), cpus, copilotPerCPU)
+	}
+	if limit := copilotMaxPerCPU * cpus; cfg.Concurrency > limit {
+		return fmt.Sprintf("-concurrency %d is more than one Copilot CLI on %d CPUs can serve (at most %d): "+
+			"its turns would queue inside the CLI for seconds and time out, measuring that queue, not the broker", cfg.Concurrency, cpus, limit)
+	}
+	if cfg.Duration < copilotMinDuration {
+		return fmt.Sprintf("-duration %s is too short for -runtime copilot: a turn of the CLI takes up to a second, use at least %s", cfg.Duration, copilotMinDuration)
+	}
+	return ""
+}
+
 // run is the whole program; it returns the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool) int {
 	cfg, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
-		return 0
+		return exitOK
 	}
 	if err != nil {
-		return 2
+		return exitUsage
 	}
-	if err := load(ctx, cfg, stdout, stderr, tty); err != nil {
+	res, err := load(ctx, cfg, stdout, stderr, tty)
+	if err != nil {
 		fmt.Fprintf(stderr, "tokenload: %v\n", err)
-		return 1
+		return exitError
 	}
-	return 0
+	if !res.ChecksPassed {
+		return exitChecks
+	}
+	return exitOK
 }
 
-func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) (err error) {
-	col := newCollector()
+func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) (res *result, err error) {
+	col := newCollector(cfg.Providers)
 	providers, err := export.New(context.WithoutCancel(ctx), export.Config{
 		Target:         cfg.target,
 		Metrics:        cfg.target.Kind != export.None,
@@ -186,7 +315,7 @@ func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) 
 		SpanProcessors: []sdktrace.SpanProcessor{col},
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() {
 		// Flush what was exported, bounded: an unreachable collector must
@@ -197,15 +326,22 @@ func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) 
 			fmt.Fprintf(stderr, "tokenload: exporting telemetry: %v\n", serr)
 		}
 	}()
-	broker := actors.NewBroker(actors.Options{TracerProvider: providers.Tracer, MeterProvider: providers.Meter})
+	policy := tokens.DefaultPolicy()
+	policy.BackoffMax = cfg.BackoffMax
+	policy.BackoffBase = min(policy.BackoffBase, cfg.BackoffMax)
+	broker := actors.NewBroker(actors.Options{TracerProvider: providers.Tracer, MeterProvider: providers.Meter, Policy: &policy, RequestTimeout: cfg.ReqTimeout})
+	var creds *credentials
 	defer func() {
 		if cerr := broker.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
+		if creds != nil {
+			creds.close() // once the broker has ended its credential calls
+		}
 	}()
-	creds, err := newCredentials(cfg, broker)
+	creds, err = newCredentials(cfg, broker, col)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	opts := transport.ConnOptions{Options: transport.Options{TracerProvider: providers.Tracer, MeterProvider: providers.Meter}}
 	var d driver
@@ -214,7 +350,7 @@ func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) 
 	} else {
 		td, err := newTurnDriver(ctx, cfg, broker, creds, opts)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		d = td
 	}
@@ -225,29 +361,35 @@ func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) 
 		}
 	}()
 
+	if cfg.defaulted != "" {
+		fmt.Fprintf(stderr, "tokenload: %s\n", cfg.defaulted)
+	}
 	fmt.Fprintf(stderr, "tokenload: %s; opening %d sessions x %d providers (%s credentials)\n", d.label(), cfg.Sessions, cfg.Providers, credKind(cfg))
 	if err := d.open(ctx); err != nil {
 		if ctx.Err() != nil {
-			return errors.New("interrupted while opening sessions")
+			return nil, errors.New("interrupted while opening sessions")
 		}
-		return err
+		return nil, err
 	}
 
+	var tracer trace.Tracer
+	if cfg.target.Kind != export.None {
+		tracer = providers.Tracer.Tracer("tokenload")
+	}
 	started := time.Now()
-	elapsed, interrupted := drive(ctx, cfg, d, col, stderr, tty)
+	elapsed, interrupted := drive(ctx, cfg, d, col, tracer, stderr, tty)
 	closed = true
 	if err := d.close(); err != nil {
 		fmt.Fprintf(stderr, "tokenload: closing the runtime connection: %v\n", err)
 	}
-	col.tick(time.Now())
 
-	res := buildResult(cfg, d, col, creds, started, elapsed, interrupted)
+	res = buildResult(cfg, d, col, creds, started, elapsed, interrupted)
 	printSummary(stdout, res)
 	if err := writeReports(cfg.Out, res); err != nil {
-		return err
+		return nil, err
 	}
 	fmt.Fprintf(stdout, "\nreport: %s.json, %s.html\n", cfg.Out, cfg.Out)
-	return nil
+	return res, nil
 }
 
 func credKind(cfg *config) string {
@@ -258,18 +400,23 @@ func credKind(cfg *config) string {
 }
 
 // drive runs the requesters until the duration ends or ctx is cancelled,
-// and returns how long they ran and whether they were interrupted.
-func drive(ctx context.Context, cfg *config, d driver, col *collector, stderr io.Writer, tty bool) (time.Duration, bool) {
+// and returns how long they ran and whether they were interrupted. With a
+// tracer, each turn gets a span of its own, whose trace id the report
+// lists for the slowest.
+func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer trace.Tracer, stderr io.Writer, tty bool) (time.Duration, bool) {
 	runCtx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	start := time.Now()
-	col.begin(start)
+	col.begin(start, cfg.Interval)
+	cfg.Outage.begin(start)
+	if cfg.Outage.Length > 0 && cfg.Outage.Invalidate {
+		t := time.AfterFunc(cfg.Outage.At, d.invalidate)
+		defer t.Stop()
+	}
 
 	tickDone := make(chan struct{})
 	var tickWG sync.WaitGroup
-	tickWG.Add(1)
-	go func() {
-		defer tickWG.Done()
+	tickWG.Go(func() {
 		series := time.NewTicker(cfg.Interval)
 		defer series.Stop()
 		var live <-chan time.Time
@@ -283,19 +430,17 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, stderr io
 			case now := <-series.C:
 				col.tick(now)
 			case now := <-live:
-				printProgress(stderr, cfg, col.progress(now))
+				fmt.Fprint(stderr, "\r\033[K"+progressLine(cfg, col.progress(now), terminalWidth()))
 			case <-tickDone:
 				return
 			}
 		}
-	}()
+	})
 
 	var global atomic.Int64
 	var wg sync.WaitGroup
 	for w := range cfg.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := 0; runCtx.Err() == nil; i++ {
 				k := global.Add(1) - 1
 				t0 := time.Now()
@@ -316,37 +461,44 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, stderr io
 					}
 					t0 = due
 				}
-				err := d.op(runCtx, slot{worker: w, iter: i, global: int(k)})
-				if err != nil && runCtx.Err() != nil {
-					return // cut short by the end of the run, not a failure
-				}
-				col.client(time.Since(t0), err)
+				operate(runCtx, d, col, tracer, slot{worker: w, iter: i, global: int(k)}, t0)
 			}
-		}()
+		})
 	}
+	<-runCtx.Done()
+	// Finish before the requesters return: the turns the end cuts short
+	// are in flight, not failures.
+	end := time.Now()
+	col.finish(end)
 	wg.Wait()
-	elapsed := time.Since(start)
 	close(tickDone)
 	tickWG.Wait()
 	if tty {
 		fmt.Fprint(stderr, "\r\033[K")
 	}
-	return elapsed, ctx.Err() != nil
+	return end.Sub(start), ctx.Err() != nil
 }
 
-func printProgress(w io.Writer, cfg *config, p progress) {
-	fmt.Fprintf(w, "\r\033[K%5.1fs/%s  %d token requests  %.0f/s  p50 %s  p99 %s  errors %d",
-		p.elapsed.Seconds(), cfg.Duration, p.requests, p.rate, fmtDur(p.p50), fmtDur(p.p99), p.errors)
-}
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d < time.Microsecond:
-		return fmt.Sprintf("%dns", d.Nanoseconds())
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.1fµs", float64(d)/1e3)
-	case d < time.Second:
-		return fmt.Sprintf("%.2fms", float64(d)/1e6)
+// operate performs one operation of the load loop, begun (or due) at t0,
+// and records it: a turn in the collector (with a span of its own when
+// tracer is set); a bare token request is recorded from the broker's span.
+func operate(runCtx context.Context, d driver, col *collector, tracer trace.Tracer, s slot, t0 time.Time) {
+	if !d.turns() {
+		_, _ = d.op(runCtx, s)
+		return
 	}
-	return fmt.Sprintf("%.2fs", d.Seconds())
+	opCtx, span := runCtx, trace.Span(nil)
+	if tracer != nil {
+		opCtx, span = tracer.Start(runCtx, "tokenload.turn")
+	}
+	col.turnStart()
+	session, err := d.op(opCtx, s)
+	traceID := ""
+	if span != nil {
+		span.End()
+		traceID = span.SpanContext().TraceID().String()
+	}
+	// The end of the run may wake this requester before finish runs: a
+	// turn it cut short is still in flight.
+	col.turnEnd(time.Since(t0), err, err != nil && runCtx.Err() != nil, traceID, session)
 }

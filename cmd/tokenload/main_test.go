@@ -6,11 +6,16 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/goleak"
+
+	"github.com/tokenbroker/tokenbroker/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -25,6 +30,10 @@ func TestFlagErrors(t *testing.T) {
 		{"-bogus"},
 		{"-runtime", "nope"},
 		{"-runtime", "tcp"},
+		{"-runtime", "tcp", "-addr", "127.0.0.1:1", "-dialect", "acquire"}, // the runtime chooses
+		{"-runtime", "copilot", "-dialect", "acquire"},                     // the CLI speaks getToken only
+		{"-runtime", "copilot", "-concurrency", "1000"},                    // more than one CLI serves
+		{"-runtime", "copilot", "-duration", "1s"},
 		{"-sessions", "0"},
 		{"-providers", "-1"},
 		{"-concurrency", "0"},
@@ -33,14 +42,26 @@ func TestFlagErrors(t *testing.T) {
 		{"-rate", "-5"},
 		{"-failure-rate", "1.5"},
 		{"-lifetime", "-1s"},
+		{"-backoff-max", "0s"},
 		{"-dialect", "rest"},
 		{"-trace", "jaeger"},
 		{"-out", ""},
+		{"-outage", "5s"},
+		{"-outage", "0s@1s"},
+		{"-outage", "1s@20s"}, // after the end of a 10 s run
+		{"-outage-kind", "flaky"},
+		{"-credential", "vault"},
+		{"-credential", "identity", "-lifetime", "0"}, // the endpoint's tokens expire
+		{"-credential", "identity", "-failure-rate", "0.5"},
+		{"-check", "p99"},
+		{"-check", "p99<fast"},
+		{"-check", "latency<5ms"},
+		{"-check", "errors=0"},
 		{"extra-argument"},
 	} {
 		var stdout, stderr bytes.Buffer
-		if code := run(context.Background(), args, &stdout, &stderr, false); code != 2 {
-			t.Errorf("%v: exit %d, want 2", args, code)
+		if code := run(context.Background(), args, &stdout, &stderr, false); code != exitUsage {
+			t.Errorf("%v: exit %d, want %d", args, code, exitUsage)
 		}
 		if !strings.Contains(stderr.String(), "usage: tokenload") {
 			t.Errorf("%v: no usage text: %q", args, stderr.String())
@@ -50,12 +71,82 @@ func TestFlagErrors(t *testing.T) {
 		}
 	}
 	var stderr bytes.Buffer
-	if code := run(context.Background(), []string{"-h"}, &bytes.Buffer{}, &stderr, false); code != 0 || !strings.Contains(stderr.String(), "-sessions") {
+	if code := run(context.Background(), []string{"-h"}, &bytes.Buffer{}, &stderr, false); code != 0 || !strings.Contains(stderr.String(), "hit_ratio") {
 		t.Errorf("-h: exit %d, %q", code, stderr.String())
 	}
 }
 
-// report reads a run's JSON and checks its HTML.
+// TestCopilotDefaults: without -sessions and -concurrency, -runtime copilot
+// picks what one CLI on this machine carries, and says so.
+func TestCopilotDefaults(t *testing.T) {
+	cfg, err := parseFlags([]string{"-runtime", "copilot"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Concurrency > copilotMaxPerCPU*runtime.NumCPU() || cfg.Concurrency < 1 || cfg.Sessions != cfg.Concurrency || !strings.Contains(cfg.defaulted, "-concurrency") {
+		t.Errorf("concurrency %d, sessions %d, %q", cfg.Concurrency, cfg.Sessions, cfg.defaulted)
+	}
+	cfg, err = parseFlags([]string{"-runtime", "copilot", "-sessions", "3", "-concurrency", "2"}, &bytes.Buffer{})
+	if err != nil || cfg.Sessions != 3 || cfg.Concurrency != 2 || cfg.defaulted != "" {
+		t.Errorf("explicit flags changed: %v %+v", err, cfg)
+	}
+}
+
+// TestChecks: the threshold grammar, and what a check decides.
+func TestChecks(t *testing.T) {
+	figs := map[string]figure{
+		"p99":              {Value: 0.040, IsDur: true},
+		"turn_p99":         {IsDur: true, NoData: true},
+		"errors":           {Value: 0},
+		"credential_calls": {Value: 2},
+		"hit_ratio":        {Value: 0.95},
+	}
+	for expr, want := range map[string]bool{
+		"p99<50ms":            true,
+		"p99 < 40ms":          false,
+		"p99<=40ms":           true,
+		"p99>1µs":             true,
+		"errors==0":           true,
+		"errors!=0":           false,
+		"credential_calls<=2": true,
+		"credential_calls<2":  false,
+		"credential_calls>=3": false,
+		"hit_ratio>=0.9":      true,
+		"hit_ratio>=96%":      false,
+		"turn_p99<1h":         false, // no data never passes
+	} {
+		cs, err := parseChecks(expr, figs)
+		if err != nil || len(cs) != 1 {
+			t.Errorf("%s: %v", expr, err)
+			continue
+		}
+		if got := evaluate(cs, figs); got != want || cs[0].Pass != want {
+			t.Errorf("%s: %v, want %v (actual %s)", expr, got, want, cs[0].Actual)
+		}
+	}
+	cs, err := parseChecks(" p99<50ms , errors==0,hit_ratio>=0.99", figs)
+	if err != nil || len(cs) != 3 {
+		t.Fatalf("%v %v", cs, err)
+	}
+	if evaluate(cs, figs) || !cs[0].Pass || !cs[1].Pass || cs[2].Pass || cs[2].Actual != "0.95" {
+		t.Errorf("list: %+v", cs)
+	}
+	for _, bad := range []string{"p99", "p99<<1ms", "p99<1", "errors<1ms", "nope<1", "errors==x", "hit_ratio>=NaN", "p99<1ms,"} {
+		if _, err := parseChecks(bad, figs); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+	// Every figure the usage text names exists.
+	all := figures(&result{})
+	for _, f := range figureHelp {
+		if _, ok := all[f.name]; !ok {
+			t.Errorf("figureHelp names %q, which is no figure", f.name)
+		}
+	}
+}
+
+// report reads a run's JSON and checks its HTML: the charts it should
+// have, each drawn or saying "no data", and nothing loaded from outside.
 func report(t *testing.T, prefix string) *result {
 	t.Helper()
 	raw, err := os.ReadFile(prefix + ".json")
@@ -70,14 +161,33 @@ func report(t *testing.T, prefix string) *result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := bytes.Count(html, []byte("<svg")); n != 3 {
-		t.Errorf("HTML has %d charts, want 3", n)
+	want := []string{"credential-calls", "token-requests", "token-latency", "errors", "token-latency-histogram"}
+	if r.HasTurns {
+		want = append(want, "turns", "turn-latency", "turn-latency-histogram")
 	}
-	if bytes.Contains(html, []byte("<script")) || bytes.Contains(html, []byte("src=")) {
+	figs := regexp.MustCompile(`<figure class="chart" id="([a-z-]+)">`).FindAllSubmatch(html, -1)
+	if len(figs) != len(want) {
+		t.Errorf("HTML has %d charts, want %d", len(figs), len(want))
+	}
+	for _, id := range want {
+		if !bytes.Contains(html, []byte(`id="`+id+`"`)) {
+			t.Errorf("no chart %q", id)
+		}
+	}
+	if n, nodata := bytes.Count(html, []byte("<svg")), bytes.Count(html, []byte(`class="nodata"`)); n+nodata != len(want) {
+		t.Errorf("%d SVGs + %d no-data, want %d", n, nodata, len(want))
+	}
+	if bytes.Contains(html, []byte("<script")) || bytes.Contains(html, []byte("src=")) || bytes.Contains(html, []byte("href=")) {
 		t.Error("HTML loads something external")
 	}
 	if bytes.Contains(raw, []byte(secretMarker)) || bytes.Contains(html, []byte(secretMarker)) {
 		t.Error("a token value reached the report")
+	}
+	// No point past the end of the run.
+	for _, p := range r.Series {
+		if p.T > r.ElapsedS+1e-9 || p.Span <= 0 {
+			t.Errorf("point at %.3fs (span %.3f) in a run of %.3fs", p.T, p.Span, r.ElapsedS)
+		}
 	}
 	return &r
 }
@@ -90,23 +200,36 @@ func sum(m map[string]uint64) uint64 {
 	return n
 }
 
+// summaryFits checks the summary's width.
+func summaryFits(t *testing.T, out string) {
+	t.Helper()
+	for line := range strings.Lines(out) {
+		if n := utf8.RuneCountInString(strings.TrimRight(line, "\n")); n > summaryWidth {
+			t.Errorf("summary line of %d columns: %q", n, line)
+		}
+	}
+}
+
 func TestDirectRun(t *testing.T) {
 	prefix := filepath.Join(t.TempDir(), "direct")
 	trace := filepath.Join(t.TempDir(), "spans.jsonl")
 	var stdout, stderr bytes.Buffer
 	code := run(context.Background(), []string{"-runtime", "direct", "-sessions", "20", "-providers", "2",
-		"-concurrency", "8", "-duration", "400ms", "-out", prefix, "-trace", "file:" + trace}, &stdout, &stderr, false)
-	if code != 0 {
-		t.Fatalf("exit %d: %s", code, stderr.String())
+		"-concurrency", "8", "-duration", "400ms", "-out", prefix, "-trace", "file:" + trace,
+		"-check", "errors==0,credential_calls==40,p50<10s"}, &stdout, &stderr, false)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s\n%s", code, stderr.String(), stdout.String())
 	}
-	for _, want := range []string{"token requests", "p50", "outcomes", "credential calls", "refreshes", "< 60 s left", prefix + ".html"} {
+	for _, want := range []string{"token requests", "p50", "outcomes", "credential calls", "refreshes", "< 60 s left",
+		"request k asks session k mod N", "slowest token requests", "checks: PASS", prefix + ".html"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, stdout.String())
 		}
 	}
+	summaryFits(t, stdout.String())
 	r := report(t, prefix)
-	if r.Requests == 0 || sum(r.Outcomes) != r.Requests {
-		t.Fatalf("requests %d, outcomes %v", r.Requests, r.Outcomes)
+	if r.Requests == 0 || sum(r.Outcomes) != r.Requests || r.Methods["providerToken.getToken"] != r.Requests {
+		t.Fatalf("requests %d, outcomes %v, methods %v", r.Requests, r.Outcomes, r.Methods)
 	}
 	// 20 sessions x 2 per-session credentials: each called once, cold.
 	if r.Outcomes["refreshed"]+r.Outcomes["coalesced"] < 40 || r.Refreshes["cold/ok"] != 40 {
@@ -117,15 +240,26 @@ func TestDirectRun(t *testing.T) {
 			t.Errorf("credential calls %v", r.Credentials)
 		}
 	}
-	if r.ClientErrors != 0 || r.Outcomes["error"] != 0 || r.Leaks != 0 || r.LowValidity != 0 {
-		t.Errorf("errors %d/%d, leaks %d, low %d", r.ClientErrors, r.Outcomes["error"], r.Leaks, r.LowValidity)
+	if r.Outcomes["error"] != 0 || r.Leaks != 0 || r.LowValidity != 0 || r.HasTurns || len(r.Errors) != 0 {
+		t.Errorf("errors %d, leaks %d, low %d, turns %v, %v", r.Outcomes["error"], r.Leaks, r.LowValidity, r.HasTurns, r.Errors)
 	}
 	if r.Latency.P50 <= 0 || r.Latency.P50 > r.Latency.P99 || r.Latency.P99 > r.Latency.Max || len(r.Series) == 0 {
 		t.Errorf("latency %+v, %d points", r.Latency, len(r.Series))
 	}
+	// Every series point's outcomes add up to the total.
+	var fromSeries float64
+	for _, p := range r.Series {
+		fromSeries += p.RequestsPerS * p.Span
+	}
+	if uint64(fromSeries+0.5) != r.Requests {
+		t.Errorf("series hold %.0f requests, total %d", fromSeries, r.Requests)
+	}
+	if len(r.SlowRequests) == 0 || len(r.SlowRequests[0].TraceID) != 32 || len(r.Histograms["token_requests"]) == 0 {
+		t.Errorf("slowest %v, histogram %v", r.SlowRequests, r.Histograms["token_requests"])
+	}
 	spans, err := os.ReadFile(trace)
-	if err != nil || !bytes.Contains(spans, []byte(`"providerToken.getToken"`)) {
-		t.Errorf("spans not exported: %v", err)
+	if err != nil || !bytes.Contains(spans, []byte(`"providerToken.getToken"`)) || !bytes.Contains(spans, []byte(r.SlowRequests[0].TraceID)) {
+		t.Errorf("spans not exported, or the slowest's trace id is not among them: %v", err)
 	}
 	if bytes.Contains(spans, []byte(secretMarker)) {
 		t.Error("a token value was exported")
@@ -139,28 +273,161 @@ func TestSimRun(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	code := run(context.Background(), []string{"-sessions", "10", "-providers", "2", "-shared", "-lifetime", "0",
 		"-failure-rate", "0.2", "-concurrency", "4", "-duration", "1s", "-out", prefix}, &stdout, &stderr, false)
-	if code != 0 {
+	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
+	summaryFits(t, stdout.String())
+	if !strings.Contains(stdout.String(), "session i's model uses p(i mod 2), 5 sessions each") {
+		t.Errorf("summary does not say how sessions map to providers:\n%s", stdout.String())
+	}
 	r := report(t, prefix)
-	if r.Requests == 0 || r.ClientOps == 0 {
-		t.Fatalf("requests %d, turns %d", r.Requests, r.ClientOps)
+	if r.Requests == 0 || r.Turns == 0 || !r.HasTurns {
+		t.Fatalf("requests %d, turns %d", r.Requests, r.Turns)
 	}
 	// Bare tokens: never a cache hit; every credential call either gave a
 	// bare token or failed (a few may still be running when the run ends).
 	// After a failure the credential backs off, so there are more error
 	// outcomes than failed calls.
-	calls := uint64(r.Credentials["p0"].Calls + r.Credentials["p1"].Calls)
-	failures := uint64(r.Credentials["p0"].Failures + r.Credentials["p1"].Failures)
+	calls := r.Credentials["p0"].Calls + r.Credentials["p1"].Calls
+	failures := r.Credentials["p0"].Failures + r.Credentials["p1"].Failures
 	bare := r.Outcomes["bare"]
 	if r.Outcomes["hit"] != 0 || bare == 0 || calls < bare || calls > bare+failures+4 {
 		t.Errorf("%d credential calls (%d failed), outcomes %v", calls, failures, r.Outcomes)
 	}
-	if failures == 0 || r.Outcomes["error"]+4 < failures || r.ClientErrors == 0 {
-		t.Errorf("failures %d, error outcomes %d, failed turns %d", failures, r.Outcomes["error"], r.ClientErrors)
+	if failures == 0 || r.Outcomes["error"]+4 < failures || r.TurnErrors == 0 {
+		t.Errorf("failures %d, error outcomes %d, failed turns %d", failures, r.Outcomes["error"], r.TurnErrors)
+	}
+	// Every error is explained: the table's counts add up to the errors.
+	var explained uint64
+	for _, e := range r.Errors {
+		if e.Message == "" {
+			t.Errorf("error without a message: %+v", e)
+		}
+		explained += e.Count
+	}
+	if explained != r.Outcomes["error"]+r.TurnErrors || !strings.Contains(stdout.String(), "injected credential failure") {
+		t.Errorf("errors explained %d, token %d + turn %d:\n%s", explained, r.Outcomes["error"], r.TurnErrors, stdout.String())
 	}
 	if r.Extra["simulator"] == nil {
 		t.Error("no simulator stats")
+	}
+}
+
+// TestInFlight: a run that ends while every turn waits for a slow
+// credential counts those turns (and their token requests) in flight:
+// not as errors, not as zero-latency turns, not dropped.
+func TestInFlight(t *testing.T) {
+	prefix := filepath.Join(t.TempDir(), "inflight")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"-sessions", "3", "-concurrency", "3", "-cred-latency", "20s",
+		"-duration", "400ms", "-out", prefix, "-check", "turns_in_flight==3,turn_p50<1h"}, &stdout, &stderr, false)
+	if code != exitChecks {
+		t.Fatalf("exit %d, want %d (turn_p50 has no data): %s\n%s", code, exitChecks, stderr.String(), stdout.String())
+	}
+	r := report(t, prefix)
+	if r.TurnsInFlight != 3 || r.RequestsInFlight != 3 || r.Turns != 0 || r.TurnErrors != 0 || len(r.Errors) != 0 {
+		t.Errorf("in flight: %d turns, %d requests; done %d, errors %d %v", r.TurnsInFlight, r.RequestsInFlight, r.Turns, r.TurnErrors, r.Errors)
+	}
+	if r.Checks[0].Pass != true || r.Checks[1].Pass || r.Checks[1].Actual != "no data" {
+		t.Errorf("checks %+v", r.Checks)
+	}
+	for _, want := range []string{"in flight at the end 3", "  latency         no data"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	html, _ := os.ReadFile(prefix + ".html")
+	for _, id := range []string{"turn-latency", "turn-latency-histogram", "token-latency"} {
+		if !regexp.MustCompile(`id="` + id + `"><figcaption>[^<]*<b>[^<]*</b></figcaption><div class="nodata">no data</div>`).Match(html) {
+			t.Errorf("chart %s does not say no data", id)
+		}
+	}
+	for _, p := range r.Series {
+		if p.TurnsAlive != 3 || p.TurnP50 != nil {
+			t.Errorf("point %+v: want 3 turns in flight and no latency", p)
+		}
+	}
+}
+
+// TestOutage: during the window every credential call fails, the fake
+// one or azidentity against the identity endpoint; the cached tokens are
+// dropped at its start, so credential calls and errors rise inside it,
+// and fall once it ends (with back-off capped at 100 ms).
+func TestOutage(t *testing.T) {
+	for _, tc := range []struct {
+		credential string
+		args       []string
+	}{
+		{credFake, nil},
+		// 4-minute tokens: inside azidentity's 5-minute refresh margin, so
+		// its cache sends every credential call to the endpoint.
+		{credIdentity, []string{"-lifetime", "4m"}},
+	} {
+		t.Run(tc.credential, func(t *testing.T) {
+			testenv.ClearAzure(t)
+			prefix := filepath.Join(t.TempDir(), "outage")
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), append([]string{"-runtime", "direct", "-sessions", "4", "-shared", "-concurrency", "4",
+				"-duration", "2s", "-interval", "100ms", "-outage", "500ms@600ms", "-backoff-max", "100ms", "-credential", tc.credential,
+				"-out", prefix, "-check", "errors==0"}, tc.args...), &stdout, &stderr, false)
+			if code != exitChecks {
+				t.Fatalf("exit %d, want %d: %s\n%s", code, exitChecks, stderr.String(), stdout.String())
+			}
+			r := report(t, prefix)
+			if len(r.Outage) != 2 || r.Outage[0] != 0.6 || r.Outage[1] != 1.1 {
+				t.Fatalf("outage window %v", r.Outage)
+			}
+			// Intervals wholly before, inside and after the window (after:
+			// once the capped back-off has let the credential be tried again).
+			var before, inside, after struct{ calls, errors, requests float64 }
+			for i, p := range r.Series {
+				from := p.T - p.Span
+				var b *struct{ calls, errors, requests float64 }
+				switch {
+				case i > 0 && p.T <= 0.6+1e-6: // the first holds the cold start
+					b = &before
+				case from >= 0.6-1e-6 && p.T <= 1.1+1e-6:
+					b = &inside
+				case from >= 1.3-1e-6:
+					b = &after
+				default:
+					continue
+				}
+				b.calls += p.CredTotalPerS * p.Span
+				b.errors += float64(p.TokenErrors)
+				b.requests += float64(p.Requests)
+			}
+			t.Logf("before %+v, inside %+v, after %+v", before, inside, after)
+			if before.calls != 0 || before.errors != 0 || before.requests == 0 {
+				t.Errorf("before the window: %+v, want requests served from the cache", before)
+			}
+			if inside.calls == 0 || inside.errors == 0 {
+				t.Errorf("inside the window: %+v, want failing credential calls and errors", inside)
+			}
+			if after.errors != 0 || after.requests == 0 {
+				t.Errorf("after the window: %+v, want requests without errors", after)
+			}
+			if c := r.Credentials["p0"]; c.Failures == 0 || c.Calls != c.Failures+2 {
+				t.Errorf("credential calls %+v: want the cold one, the failures and one recovery", c)
+			}
+			if !strings.Contains(stdout.String(), "tokenload outage") && !strings.Contains(stdout.String(), "injected outage") ||
+				!strings.Contains(stdout.String(), "FAIL  errors==0") {
+				t.Errorf("summary does not explain the errors or the failed check:\n%s", stdout.String())
+			}
+			if tc.credential == credIdentity {
+				// Every failed call reached the endpoint and got its 400.
+				if id := r.Identity; id == nil || id.Statuses[400] != int(r.Credentials["p0"].Failures) || id.Issued != 2 {
+					t.Errorf("identity endpoint %+v, credential calls %+v", r.Identity, r.Credentials)
+				}
+				if os.Getenv("IDENTITY_ENDPOINT") != "" {
+					t.Error("the run left IDENTITY_ENDPOINT set")
+				}
+			}
+			html, _ := os.ReadFile(prefix + ".html")
+			if !bytes.Contains(html, []byte("outage (error)")) {
+				t.Error("the charts do not shade the outage")
+			}
+		})
 	}
 }
 
@@ -173,7 +440,7 @@ func TestInterrupt(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	start := time.Now()
 	code := run(ctx, []string{"-runtime", "direct", "-sessions", "5", "-duration", "10m", "-rate", "200", "-out", prefix}, &stdout, &stderr, false)
-	if code != 0 {
+	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	if time.Since(start) > time.Minute {
@@ -185,6 +452,28 @@ func TestInterrupt(t *testing.T) {
 	r := report(t, prefix)
 	if !r.Interrupted || r.ElapsedS >= 600 || r.Requests == 0 {
 		t.Errorf("interrupted %v, elapsed %.1f, requests %d", r.Interrupted, r.ElapsedS, r.Requests)
+	}
+}
+
+// TestProgressLine: every field at 80 columns; narrower, the fields go in
+// their order and the line still fits.
+func TestProgressLine(t *testing.T) {
+	cfg := &config{Runtime: "sim", Duration: 10 * time.Minute}
+	p := progress{elapsed: 123 * time.Second, reqRate: 123456, turnRate: 12345, hitRatio: 0.999, hasHits: true, errors: 123456, credCalls: 12345}
+	full := progressLine(cfg, p, 80)
+	for _, want := range []string{"123.0s/10m0s", "req 123k/s", "turns 12k/s", "hit 99.9%", "errors 123456", "cred 12345"} {
+		if !strings.Contains(full, want) {
+			t.Errorf("%q lacks %q", full, want)
+		}
+	}
+	for width := 80; width >= 20; width-- {
+		line := progressLine(cfg, p, width)
+		if n := utf8.RuneCountInString(line); n >= width {
+			t.Errorf("width %d: %d columns: %q", width, n, line)
+		}
+	}
+	if l := progressLine(cfg, p, 60); strings.Contains(l, "cred") || !strings.Contains(l, "errors") {
+		t.Errorf("at 60 columns: %q", l)
 	}
 }
 
@@ -206,5 +495,20 @@ func TestHist(t *testing.T) {
 	small.add(7)
 	if small.quantile(0.5) != 7 {
 		t.Errorf("exact small bucket: %s", small.quantile(0.5))
+	}
+	// Log buckets: contiguous, 4 per decade, holding every sample.
+	bs := h.logBuckets()
+	var n uint64
+	for i, b := range bs {
+		n += b.Count
+		if i > 0 && (b.LoUS != bs[i-1].HiUS && (b.LoUS-bs[i-1].HiUS)/b.LoUS > 1e-9) {
+			t.Errorf("bucket %d starts at %g, previous ends at %g", i, b.LoUS, bs[i-1].HiUS)
+		}
+		if r := b.HiUS / b.LoUS; r < 1.77 || r > 1.79 {
+			t.Errorf("bucket %+v: ratio %g, want 10^(1/4)", b, r)
+		}
+	}
+	if n != h.n || bs[0].LoUS > 1 || bs[len(bs)-1].HiUS < 1000 {
+		t.Errorf("buckets %+v hold %d of %d", bs, n, h.n)
 	}
 }

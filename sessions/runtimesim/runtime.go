@@ -36,6 +36,11 @@ const (
 	GetToken
 )
 
+// DefaultDialect is the dialect the programs (cmd/runtimesim, cmd/tokenload)
+// use unless told otherwise: the real CLI's, in which every model request
+// asks for a token, so the client's cache does the work.
+const DefaultDialect = GetToken
+
 // String returns the name used by the -dialect flag.
 func (d Dialect) String() string {
 	if d == GetToken {
