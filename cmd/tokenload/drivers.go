@@ -244,7 +244,7 @@ func (d *directDriver) op(ctx context.Context, s slot) (string, error) {
 	return p.SessionID, d.rt.Call(ctx, d.method, p, &res)
 }
 
-func (d *directDriver) invalidate() { d.creds.invalidate(d.conn.Router) }
+func (d *directDriver) invalidate() { d.creds.invalidate(d.conn.Router()) }
 
 func (d *directDriver) close() error {
 	err := d.rt.Close()
