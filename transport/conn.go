@@ -1,7 +1,8 @@
 // Package transport carries the runtime's JSON-RPC connection: framing with
 // a size cap, connections over a child process's stdio, TCP and an
-// in-memory pipe, and the middleware that answers token requests through a
-// per-connection actors.Router and hands every other message on.
+// in-memory pipe with bounded requests in flight and a write timeout, and
+// the middleware that answers token requests through a per-connection
+// actors.Router and hands every other message on.
 package transport
 
 import (
@@ -25,7 +26,8 @@ const (
 	// The runtime sends at most one token request per model request per
 	// session, so 1024 lets every session of a busy connection wait on a
 	// slow credential together, while a runtime that stops reading its
-	// replies holds at most 1024 goroutines (a few KiB of stack each).
+	// replies holds at most 1024 goroutines, about 10 MiB with their stacks
+	// (BENCHMARKS.md).
 	DefaultMaxInFlight = 1024
 	// DefaultWriteTimeout bounds one write to the runtime. A healthy runtime
 	// reads its replies within milliseconds; one that has not read for 30 s
@@ -33,9 +35,9 @@ const (
 	DefaultWriteTimeout = 30 * time.Second
 )
 
-// ErrWriteTimeout is why a connection ended when the runtime stopped
+// errWriteTimeout is why a connection ended when the runtime stopped
 // reading: a write did not complete within ConnOptions.WriteTimeout.
-var ErrWriteTimeout = errors.New("transport: runtime did not read within the write timeout")
+var errWriteTimeout = errors.New("transport: the runtime did not read what was written to it")
 
 // ConnOptions configure NewConn. Logger, TracerProvider and MeterProvider
 // left nil are the broker's.
@@ -185,13 +187,13 @@ func boundWrites(rwc io.ReadWriteCloser, timeout time.Duration, log *slog.Logger
 func (w *writeBound) Write(p []byte) (int, error) {
 	select {
 	case <-w.expired:
-		return 0, ErrWriteTimeout
+		return 0, errWriteTimeout
 	default:
 	}
 	w.timer.Reset(w.timeout)
 	n, err := w.ReadWriteCloser.Write(p)
 	if !w.timer.Stop() {
-		return n, fmt.Errorf("%w (%s): %w", ErrWriteTimeout, w.timeout, err)
+		return n, fmt.Errorf("%w within %s", errWriteTimeout, w.timeout)
 	}
 	return n, err
 }
@@ -200,7 +202,7 @@ func (w *writeBound) Write(p []byte) (int, error) {
 // next write's timer; the connection ends once.
 func (w *writeBound) expire() {
 	w.once.Do(func() {
-		w.log.Warn("tokenbroker: closing the runtime connection", "error", ErrWriteTimeout.Error(), "timeout", w.timeout)
+		w.log.Warn("tokenbroker: closing the runtime connection", "error", errWriteTimeout.Error(), "timeout", w.timeout)
 		close(w.expired)
 		_ = w.ReadWriteCloser.Close()
 	})
