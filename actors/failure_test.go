@@ -99,7 +99,7 @@ func TestRetryScheduleHungCredential(t *testing.T) {
 					for n, a := range answers[1:] {
 						wantAt := 30*time.Second + time.Duration(n+1)*cliPause
 						next := nextTry - wantAt
-						wantMsg := fmt.Sprintf("%s; next try in %s (at %s)", want, next, bubbleStart.Add(nextTry).Format("15:04:05 UTC"))
+						wantMsg := fmt.Sprintf("%s; next try in %s (at %s)", want, roundSecond(next), bubbleStart.Add(nextTry).Format("15:04:05 UTC"))
 						if a.waited != 0 || a.at != wantAt || !errors.Is(a.err, actors.ErrBackoff) || !errors.Is(a.err, actors.ErrTimeout) || a.err.Error() != wantMsg {
 							t.Fatalf("session %d request %d at +%s: %v after %s, want at once %q", i, n+2, a.at, a.err, a.waited, wantMsg)
 						}

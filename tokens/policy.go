@@ -23,7 +23,7 @@ type Policy struct {
 	// BackoffFloor is the shortest back-off window. It covers a runtime's
 	// retries of one request (the Copilot CLI sends 6 about 1 s apart), so
 	// they all get the failure at once instead of each starting a new call.
-	// Negative: no floor.
+	// Negative: no floor; never more than BackoffMax.
 	BackoffFloor time.Duration
 	// BackoffBase doubles after each consecutive failure; the window is
 	// drawn uniformly from [BackoffFloor, BackoffFloor + that] (full jitter

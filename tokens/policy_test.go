@@ -17,11 +17,11 @@ func tok(life time.Duration) tokens.Token {
 func TestDefaultPolicyNumbers(t *testing.T) {
 	p := tokens.DefaultPolicy()
 	want := tokens.Policy{
-		Floor:          60 * time.Second,
-		HalfLifeFrom:   2 * time.Hour,
-		MinLead:        5 * time.Minute,
-		JitterFraction: 0.10,
-		MaxJitter:      5 * time.Minute,
+		Floor:           60 * time.Second,
+		HalfLifeFrom:    2 * time.Hour,
+		MinLead:         5 * time.Minute,
+		JitterFraction:  0.10,
+		MaxJitter:       5 * time.Minute,
 		BackoffFloor:    10 * time.Second,
 		BackoffBase:     time.Second,
 		BackoffMax:      60 * time.Second,
