@@ -467,13 +467,14 @@ func testAbort(t *testing.T, cli string) {
 	ctx := testContext(t)
 	b := newBroker(t, actors.Options{})
 	c := startCLI(t, cli, b, client.Options{})
-	release := make(chan struct{})
-	var once sync.Once
+	release, called := make(chan struct{}), make(chan struct{})
+	var once, calledOnce sync.Once
 	free := func() { once.Do(func() { close(release) }) }
 	model, err := fakemodel.Start(fakemodel.Options{Reply: func(r fakemodel.Request) string {
 		// The CLI prefixes the user's text with context of its own
 		// (<current_datetime>…</current_datetime>).
 		if strings.HasSuffix(r.Prompt, "slow") {
+			calledOnce.Do(func() { close(called) })
 			<-release
 		}
 		return "quick"
@@ -494,12 +495,10 @@ func testAbort(t *testing.T, cli string) {
 		_, err := sess.SendAndWait(ctx, "slow")
 		errc <- err
 	}()
-	for model.Count() == 0 { // the model call is in progress
-		select {
-		case err := <-errc:
-			t.Fatalf("turn ended before the model was called: %v", err)
-		case <-time.After(20 * time.Millisecond):
-		}
+	select { // wait until the model call is in progress
+	case <-called:
+	case err := <-errc:
+		t.Fatalf("turn ended before the model was called: %v", err)
 	}
 	if err := sess.Abort(ctx); err != nil {
 		t.Fatal(err)
