@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sourcegraph/jsonrpc2"
+
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/clitest"
 	"github.com/tokenbroker/tokenbroker/sessions"
@@ -130,7 +132,8 @@ func TestBoundaryRealCLI(t *testing.T) {
 			asked = append(asked, req)
 			return client.PermissionDecision{Allow: true}
 		}
-		c := startCLI(t, cli, newBroker(t, actors.Options{}), client.Options{Permission: allow})
+		traffic := &trafficLog{}
+		c := startCLI(t, cli, newBroker(t, actors.Options{}), client.Options{Permission: allow, Handler: traffic})
 		if leaked := leakedMarkers(procEnviron(t, c.Pid()), markers); len(leaked) > 0 {
 			t.Errorf("the runtime process inherited %v", leaked)
 		}
@@ -140,9 +143,15 @@ func TestBoundaryRealCLI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		logged := logPermissionEvents(t, sess)
 		if ans, err := sess.SendAndWait(ctx, "print the environment"); err != nil || ans != "done" {
 			t.Fatalf("turn: %q, %v", ans, err)
 		}
+		if err := sess.Destroy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		<-logged
+		t.Logf("other runtime-to-client messages: %s", traffic)
 		out := toolOutput(t, model)
 		if !strings.Contains(out, "PATH=") || !strings.Contains(out, reversed("PATH=")) {
 			t.Fatalf("the tool did not print the environment: %.300q", out)
@@ -246,6 +255,51 @@ func TestBoundaryRealCLIKilledMidTurn(t *testing.T) {
 		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		return err != nil || strings.Contains(string(stat), ") Z ")
 	})
+}
+
+// logPermissionEvents logs the events of a tool's permission as the CLI
+// sent them, until the session closes (then the channel closes).
+func logPermissionEvents(t *testing.T, sess *client.Session) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range sess.Events() {
+			switch ev.Type {
+			case client.EventToolStart, client.EventPermissionRequested, "permission.completed", "tool.execution_complete":
+				t.Logf("event %s %.600s", ev.Type, ev.Data)
+			}
+		}
+	}()
+	return done
+}
+
+// trafficLog counts what the runtime sends that the client does not handle
+// itself, by kind and method, and answers requests with an error.
+type trafficLog struct {
+	mu   sync.Mutex
+	seen map[string]int
+}
+
+func (l *trafficLog) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+	kind := "request"
+	if req.Notif {
+		kind = "notification"
+	}
+	l.mu.Lock()
+	if l.seen == nil {
+		l.seen = map[string]int{}
+	}
+	l.seen[kind+" "+req.Method]++
+	l.mu.Unlock()
+	if !req.Notif {
+		_ = conn.ReplyWithError(ctx, req.ID, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "method not found: " + req.Method})
+	}
+}
+
+func (l *trafficLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Sprint(l.seen)
 }
 
 // lockedBuffer collects the runtime's stderr.
