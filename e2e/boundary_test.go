@@ -116,7 +116,9 @@ func procEnviron(t *testing.T, pid int) string {
 // credentials (t.Setenv: not parallel). With the tool permitted, the shell
 // the model commands prints its environment back to the model: no
 // credential is in it, nor in the runtime's own /proc environ. With the
-// default handler, the tool is denied with its reason and the turn ends.
+// default handler, the tool is denied with its reason and the turn ends
+// (over the responses wire API, streamed, where the first case used chat
+// completions).
 func TestBoundaryRealCLI(t *testing.T) {
 	cli := clitest.Path(t)
 	hardLeakCheck(t)
@@ -171,8 +173,10 @@ func TestBoundaryRealCLI(t *testing.T) {
 		ctx := testContext(t)
 		c := startCLI(t, cli, newBroker(t, actors.Options{}), client.Options{})
 		model := envModel(t)
+		// The other wire API, streamed: its tool calls and results too.
 		p := provider(model, newCredential("boundary"), testScope)
-		sess, err := c.CreateSession(ctx, sessions.SessionConfig{Model: "gpt-4o", Provider: &p})
+		p.WireAPI = "responses"
+		sess, err := c.CreateSession(ctx, sessions.SessionConfig{Model: "gpt-4o", Provider: &p, Extra: map[string]any{"streaming": true}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -184,6 +188,9 @@ func TestBoundaryRealCLI(t *testing.T) {
 			t.Fatalf("tool result %.300q, want the denial with its reason", out)
 		}
 		t.Logf("the model was told: %s", out)
+		if r := model.Requests()[0]; !strings.HasSuffix(r.Path, "/responses") || !r.Stream {
+			t.Errorf("model request %s stream=%t, want streamed responses", r.Path, r.Stream)
+		}
 	})
 }
 
