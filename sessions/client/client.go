@@ -11,9 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"strings"
 	"sync"
+	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
 
@@ -39,17 +38,37 @@ type Options struct {
 	CLIPath string
 	// Args replace DefaultCLIArgs.
 	Args []string
-	// Home is the runtime's COPILOT_HOME (its config and session state;
-	// resuming a session needs the home it was created in). Empty: a fresh
-	// temporary directory, removed by Close.
+	// Home is the runtime's HOME and COPILOT_HOME (its config and session
+	// state; resuming a session needs the home it was created in). Empty: a
+	// fresh temporary directory, removed by Close. A HOME of its own keeps
+	// the runtime from finding, by default, what tools keep under the
+	// service's HOME (a cloud CLI's token cache); the CLI's package cache
+	// stays shared through XDG_CACHE_HOME.
 	Home string
 	// Dir is the runtime's working directory. Empty: this process's.
 	Dir string
-	// Env is added to the runtime's environment, which is this process's
-	// minus GitHub and Copilot tokens.
+	// The runtime's environment is this process's variables named by
+	// RuntimeEnv, HOME and COPILOT_HOME (see Home), then Env. Nothing else
+	// is passed: a credential in the service's environment (AZURE_*,
+	// IDENTITY_*, MSI_*, AWS_*, GITHUB_TOKEN, ...) stays there.
 	Env []string
-	// Stderr receives the runtime's stderr. Nil: discarded.
+	// InheritEnv names more variables the runtime inherits from this
+	// process ("X*" for a prefix, "*" for all of them, "HOME" for the
+	// service's HOME). The runtime and every tool it runs, a shell command
+	// a model asked for included, can read and send on what they inherit: a
+	// credential passed here lets whoever controls a model reply use it.
+	InheritEnv []string
+	// Stderr receives a copy of the runtime's stderr; it must not block.
+	// Nil: discarded. Start's errors quote its last lines either way.
 	Stderr io.Writer
+	// StopGrace is how long Close lets a runtime started by Start exit
+	// after its stdin closes before killing its process group. 0:
+	// transport.DefaultStopGrace.
+	StopGrace time.Duration
+	// Permission decides whether the runtime may run a tool, for every
+	// session (the client creates them with "requestPermission": true
+	// unless their Extra sets it). Nil: DenyAll.
+	Permission PermissionHandler
 
 	// Conn configures the token middleware (logger, tracing, metrics) and
 	// the frame size cap. A nil Logger means the broker's.
@@ -83,6 +102,7 @@ type Client struct {
 	router  *actors.Router
 	handler jsonrpc2.Handler
 	proc    *transport.Process
+	perm    *permissions
 	home    string // removed by Close when ownHome
 	ownHome bool
 	buffer  int
@@ -99,50 +119,6 @@ type Client struct {
 	closeErr  error
 }
 
-// Start spawns the Copilot CLI as a child process speaking on its stdio,
-// connects to it and performs the connect handshake within ctx. ctx bounds
-// the start only; the process lives until Close.
-func Start(ctx context.Context, broker *actors.Broker, opts Options) (*Client, error) {
-	path := opts.CLIPath
-	if path == "" {
-		path = os.Getenv("COPILOT_CLI_PATH")
-	}
-	if path == "" {
-		return nil, ErrNoCLI
-	}
-	home, ownHome := opts.Home, false
-	if home == "" {
-		var err error
-		if home, err = os.MkdirTemp("", "copilot-home-"); err != nil {
-			return nil, fmt.Errorf("client: creating COPILOT_HOME: %w", err)
-		}
-		ownHome = true
-	}
-	args := opts.Args
-	if args == nil {
-		args = DefaultCLIArgs()
-	}
-	cmd := exec.Command(path, args...)
-	cmd.Dir = opts.Dir
-	cmd.Env = append(childEnv(os.Environ()), "COPILOT_HOME="+home)
-	cmd.Env = append(cmd.Env, opts.Env...)
-	cmd.Stderr = opts.Stderr
-	proc, err := transport.Start(cmd)
-	if err != nil {
-		if ownHome {
-			_ = os.RemoveAll(home)
-		}
-		return nil, fmt.Errorf("client: starting %s: %w", path, err)
-	}
-	c := newClient(ctx, broker, proc, opts)
-	c.proc, c.home, c.ownHome = proc, home, ownHome
-	if err := c.handshake(ctx); err != nil {
-		_ = c.Close()
-		return nil, err
-	}
-	return c, nil
-}
-
 // Connect drives a runtime already listening at the other end of rwc (a
 // TCP connection, or an in-memory pipe to a simulator) and performs the
 // connect handshake within ctx. The client owns rwc: Close closes it.
@@ -156,7 +132,12 @@ func Connect(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser,
 }
 
 func newClient(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser, opts Options) *Client {
+	log := opts.Conn.Logger
+	if log == nil {
+		log = broker.Logger()
+	}
 	c := &Client{
+		perm:     newPermissions(opts.Permission, log),
 		handler:  opts.Handler,
 		buffer:   opts.EventBuffer,
 		sessions: map[string]*Session{},
@@ -180,6 +161,7 @@ func (c *Client) dispatch(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc
 	if req.Notif && req.Method == methodSessionEvent {
 		if ev, ok := decodeEvent(req.Params); ok {
 			if s := c.session(ev.SessionID); s != nil {
+				c.perm.observe(c, ev)
 				s.deliver(ev)
 				return
 			}
@@ -202,7 +184,10 @@ func (c *Client) watch() {
 	c.ended = true
 	all := c.sessions
 	c.sessions = map[string]*Session{}
-	reason := fmt.Errorf("%w: runtime connection ended", ErrClosed)
+	reason := c.closedErr()
+	if reason == ErrClosed {
+		reason = fmt.Errorf("%w: runtime connection ended", ErrClosed)
+	}
 	if c.closing {
 		reason = ErrClosed
 	}
@@ -251,10 +236,11 @@ func (c *Client) Pid() int {
 // Done is closed when the runtime connection has ended.
 func (c *Client) Done() <-chan struct{} { return c.watched }
 
-// Close stops every session's token routing, closes the connection and,
-// for a runtime started by Start, stops the process (closes its stdin,
-// waits, kills that process only if it does not exit) and removes the
-// temporary COPILOT_HOME. Sessions are not destroyed on the runtime first:
+// Close stops every session's token routing, closes the connection,
+// cancels the permission decisions in progress and, for a runtime started
+// by Start, stops the process (closes its stdin, waits up to StopGrace,
+// then kills its process group, descendants included) and removes the
+// temporary home. It returns within StopGrace and a fraction of a second. Sessions are not destroyed on the runtime first:
 // a runtime started by Start exits, and one reached by Connect keeps them
 // for a later resume.
 func (c *Client) Close() error {
@@ -264,6 +250,7 @@ func (c *Client) Close() error {
 		c.mu.Unlock()
 		c.closeErr = c.tc.Close()
 		<-c.watched
+		c.perm.stop()
 		if c.proc != nil {
 			if err := c.proc.Close(); err != nil && c.closeErr == nil {
 				c.closeErr = err
@@ -302,7 +289,7 @@ func (c *Client) open(ctx context.Context, method string, cfg sessions.SessionCo
 	if closing {
 		return nil, ErrClosed
 	}
-	p, err := sessions.Open(c.router, cfg)
+	p, err := sessions.Open(c.router, askPermission(cfg))
 	if err != nil {
 		if errors.Is(err, actors.ErrClosed) {
 			err = fmt.Errorf("%w: %w", ErrClosed, err)
@@ -362,7 +349,7 @@ func (c *Client) call(ctx context.Context, method string, params, result any) er
 	case errors.As(err, &rpcErr):
 		return &callError{method: method, err: rpcErr}
 	case errors.Is(err, jsonrpc2.ErrClosed), errors.Is(err, io.ErrClosedPipe):
-		return fmt.Errorf("client: %s: %w", method, ErrClosed)
+		return fmt.Errorf("client: %s: %w", method, c.closedErr())
 	}
 	return fmt.Errorf("client: %s: %w", method, err)
 }
@@ -386,24 +373,3 @@ const (
 	methodSwitchModel  = "session.model.switchTo"
 	methodSessionEvent = "session.event"
 )
-
-// childEnv is env without the GitHub and Copilot credentials a runtime
-// could otherwise pick up (it should authenticate nothing by itself), and
-// without COPILOT_HOME, which the client sets.
-func childEnv(env []string) []string {
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		name, _, _ := strings.Cut(kv, "=")
-		upper := strings.ToUpper(name)
-		if upper == "COPILOT_HOME" {
-			continue
-		}
-		if strings.HasPrefix(upper, "GITHUB_") || strings.HasPrefix(upper, "GH_") || strings.HasPrefix(upper, "COPILOT_") {
-			if strings.Contains(upper, "TOKEN") || strings.Contains(upper, "KEY") || strings.Contains(upper, "SECRET") {
-				continue
-			}
-		}
-		out = append(out, kv)
-	}
-	return out
-}

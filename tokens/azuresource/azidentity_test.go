@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -393,5 +394,43 @@ func TestClientSecretWrongSecret(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "AADSTS7000215") || !strings.Contains(err.Error(), "ClientSecretCredential") {
 		t.Fatalf("error lacks the credential or Entra's description: %s", err)
+	}
+}
+
+// An identity endpoint whose error quotes a token, in an OAuth2
+// error_description, an App Service message or an access_token=value: the
+// error, its Description included, holds none of them. The token it quotes
+// in free text is one this Source served before.
+func TestErrorsQuotingTokens(t *testing.T) {
+	fake := fakeidentity.NewAppService(fakeidentity.Options{})
+	defer fake.Close()
+	testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
+	id := newIdentity()
+	src := azuresource.New(newManagedIdentity(t, fake, id))
+	served, err := src.Token(context.Background(), tokens.Request{Scope: id.scope})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opaque := unique("opaque")
+	for i, tc := range []struct{ body, says string }{
+		{`{"error":"invalid_request","error_description":"token ` + served.Value + ` was revoked"}`, "was revoked"},
+		{`{"statusCode":400,"message":"Managed identity token ` + served.Value + ` is not valid"}`, "is not valid"},
+		{`{"statusCode":400,"message":"request rejected: access_token=` + opaque + ` resource=x"}`, "request rejected"},
+	} {
+		fake.Fail(http.StatusBadRequest, tc.body)
+		// A scope of its own: azidentity answers a cached one itself.
+		_, err := src.Token(context.Background(), tokens.Request{Scope: fmt.Sprintf("%s-%d/.default", id.resource, i)})
+		var e *azuresource.Error
+		if !errors.As(err, &e) {
+			t.Fatalf("case %d: err %v, want *azuresource.Error", i, err)
+		}
+		for _, text := range []string{err.Error(), e.Description} {
+			if strings.Contains(text, served.Value) || strings.Contains(text, opaque) {
+				t.Errorf("case %d: a token in %q", i, strings.NewReplacer(served.Value, "<SERVED>", opaque, "<OPAQUE>").Replace(text))
+			}
+		}
+		if !strings.Contains(err.Error(), tc.says) || !strings.Contains(err.Error(), tokens.Redacted) || e.StatusCode != http.StatusBadRequest {
+			t.Errorf("case %d: error lost what it says: %s", i, err)
+		}
 	}
 }

@@ -11,7 +11,9 @@
 // azidentity's errors carry the identity endpoint's raw HTTP response in
 // their text. The errors this Source returns keep only the credential's
 // name, the HTTP status and the endpoint's error code and description, since
-// the message ends up in front of the runtime's user.
+// the message ends up in front of the runtime's user; tokens.Scrub cuts out
+// of them every token-like value and the tokens this Source served lately
+// (an endpoint may quote the token it refuses to renew).
 //
 // Give the Source to a tokenbroker Credential (actors.Broker.NewCredential)
 // to share one cache among many sessions: azidentity's
@@ -24,8 +26,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -54,7 +56,15 @@ type source struct {
 	cred   azcore.TokenCredential
 	tenant string
 	cae    bool
+
+	mu     sync.Mutex
+	served [servedKept]string // the latest tokens, scrubbed from errors
+	next   int
 }
+
+// servedKept is how many served tokens errors are scrubbed of: the one in
+// use and those just before it.
+const servedKept = 4
 
 // New returns a Source that asks cred for a token for the request's scope.
 func New(cred azcore.TokenCredential, opts ...Option) tokens.Source {
@@ -79,9 +89,19 @@ func (s *source) Token(ctx context.Context, req tokens.Request) (tokens.Token, e
 		EnableCAE: s.cae,
 	})
 	if err != nil {
-		return tokens.Token{}, sanitize(ctx, err)
+		return tokens.Token{}, sanitize(ctx, err, s.recent())
 	}
+	s.mu.Lock()
+	s.served[s.next] = at.Token
+	s.next = (s.next + 1) % servedKept
+	s.mu.Unlock()
 	return tokens.Token{Value: at.Token, ExpiresOn: at.ExpiresOn, RefreshOn: at.RefreshOn}, nil
+}
+
+func (s *source) recent() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.served[:]...)
 }
 
 // Error is a credential failure with the identity endpoint's response cut
@@ -108,8 +128,8 @@ func (e *Error) Error() string { return e.msg }
 func (e *Error) Unwrap() error { return e.ctx }
 
 // sanitize turns an azidentity error into an Error without the raw
-// response.
-func sanitize(ctx context.Context, err error) error {
+// response, scrubbed of token-like values and of the known tokens.
+func sanitize(ctx context.Context, err error, known []string) error {
 	e := &Error{ctx: ctx.Err()}
 	head := firstLine(err.Error())
 	var afe *azidentity.AuthenticationFailedError
@@ -117,6 +137,7 @@ func sanitize(ctx context.Context, err error) error {
 		e.StatusCode = afe.RawResponse.StatusCode
 		if body, rerr := runtime.Payload(afe.RawResponse); rerr == nil {
 			e.Code, e.Description = errorFields(body)
+			e.Code, e.Description = tokens.Scrub(e.Code, known...), tokens.Scrub(e.Description, known...)
 		}
 		var b strings.Builder
 		b.WriteString(strings.TrimSuffix(strings.TrimSpace(head), "."))
@@ -137,7 +158,7 @@ func sanitize(ctx context.Context, err error) error {
 	if e.ctx != nil && !strings.Contains(e.msg, e.ctx.Error()) {
 		e.msg += " (" + e.ctx.Error() + ")"
 	}
-	e.msg = redact(e.msg)
+	e.msg = tokens.Scrub(e.msg, known...)
 	return e
 }
 
@@ -208,9 +229,3 @@ func stripResponses(s string) string {
 	}
 	return strings.TrimSpace(strings.Join(out, "\n"))
 }
-
-// A description should never hold a token, but one that looks like a JWT or
-// a bearer credential is cut out all the same.
-var secretShapes = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}`)
-
-func redact(s string) string { return secretShapes.ReplaceAllString(s, "[redacted]") }

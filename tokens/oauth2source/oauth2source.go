@@ -84,11 +84,12 @@ func (s source) Token(ctx context.Context, _ tokens.Request) (tokens.Token, erro
 }
 
 // describe keeps an oauth2.RetrieveError's status and OAuth2 error fields
-// and drops its body, which its Error() otherwise prints verbatim.
+// and drops its body, which its Error() otherwise prints verbatim. Every
+// text is scrubbed by tokens.Scrub.
 func describe(err error) error {
 	var re *oauth2.RetrieveError
 	if !errors.As(err, &re) {
-		return fmt.Errorf("oauth2source: %w", err)
+		return &scrubbed{msg: tokens.Scrub("oauth2source: " + err.Error()), err: err}
 	}
 	msg := "oauth2source: token endpoint answered"
 	if re.Response != nil {
@@ -106,5 +107,15 @@ func describe(err error) error {
 		}
 		msg += ": " + d
 	}
-	return errors.New(msg)
+	return errors.New(tokens.Scrub(msg))
 }
+
+// scrubbed is a TokenSource's error with a scrubbed text; errors.Is and
+// errors.As still reach the original.
+type scrubbed struct {
+	msg string
+	err error
+}
+
+func (e *scrubbed) Error() string { return e.msg }
+func (e *scrubbed) Unwrap() error { return e.err }

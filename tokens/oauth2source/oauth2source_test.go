@@ -92,6 +92,11 @@ func TestRetrieveErrorSanitized(t *testing.T) {
 			Response: &http.Response{StatusCode: 502, Status: "502 Bad Gateway"},
 			Body:     []byte("<html>proxy error " + secret + "</html>"),
 		}, []string{"502"}},
+		{"token in the description", &oauth2.RetrieveError{
+			Response:         &http.Response{StatusCode: 400, Status: "400 Bad Request"},
+			ErrorCode:        "invalid_grant",
+			ErrorDescription: "refresh_token=" + secret + " expired",
+		}, []string{"400", "invalid_grant", "refresh_token=" + tokens.Redacted + " expired"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -105,6 +110,20 @@ func TestRetrieveErrorSanitized(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// An error of another kind (a custom TokenSource's) is scrubbed too, and
+// still matches what it wraps.
+func TestOtherErrorsScrubbed(t *testing.T) {
+	const secret = "TOPSECRET-client-secret-value"
+	cause := errors.New("cannot reach the vault")
+	_, err := token(context.Background(), tsFunc(func() (*oauth2.Token, error) {
+		return nil, fmt.Errorf("exchange with client_secret=%s failed: %w", secret, cause)
+	}))
+	if err == nil || strings.Contains(err.Error(), secret) || !errors.Is(err, cause) ||
+		!strings.Contains(err.Error(), "client_secret="+tokens.Redacted+" failed: cannot reach the vault") {
+		t.Fatalf("err = %v", strings.ReplaceAll(fmt.Sprint(err), secret, "<SECRET>"))
 	}
 }
 
