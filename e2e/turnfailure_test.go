@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/tokenbroker/tokenbroker/actors"
@@ -33,22 +32,17 @@ import (
 func TestTurnFailsWithinOneDeadline(t *testing.T) {
 	cli := clitest.Path(t)
 	for _, tc := range []struct {
-		name   string
-		breaks func(*fakeidentity.Server)
-		// retries: azidentity's own retries of a 500 (azcore's default, 4
-		// tries over about 5.6 s) come before the broker sees the error;
-		// -1 turns them off, as a service relying on the broker's back-off
-		// and the runtime's retries may.
-		retries  int
+		name     string
+		breaks   func(*fakeidentity.Server)
 		within   time.Duration // the turn's error arrives within this
 		says     []string
 		requests int // the most the identity endpoint may see
 	}{
-		{"identity endpoint hangs", (*fakeidentity.Server).Hang, 0, 45 * time.Second,
+		{"identity endpoint hangs", (*fakeidentity.Server).Hang, 45 * time.Second,
 			[]string{`shared credential "mi": timed out: credential did not answer within 30s; next try in `}, 2},
 		{"identity endpoint answers 500", func(f *fakeidentity.Server) {
 			f.Fail(500, `{"statusCode":500,"message":"identity service unavailable"}`)
-		}, -1, 10 * time.Second,
+		}, 10 * time.Second,
 			[]string{`shared credential "mi": credential failed: `, "HTTP 500", "identity service unavailable", "; next try in "}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,7 +50,7 @@ func TestTurnFailsWithinOneDeadline(t *testing.T) {
 			fake := fakeidentity.NewAppService(fakeidentity.Options{})
 			t.Cleanup(fake.Close)
 			tc.breaks(fake)
-			mi := managedIdentityAt(t, fake, tc.retries)
+			mi := managedIdentityAt(t, fake)
 			b := newBroker(t, actors.Options{})
 			c := startCLI(t, cli, b, client.Options{})
 			model := newModel(t, "never")
@@ -113,14 +107,13 @@ func TestTurnFailsWithinOneDeadline(t *testing.T) {
 // managedIdentityAt is a ManagedIdentityCredential for the App Service
 // identity endpoint fake, with a client id of its own (azidentity's token
 // cache is process-wide).
-func managedIdentityAt(t *testing.T, fake *fakeidentity.Server, retries int) azcore.TokenCredential {
+func managedIdentityAt(t *testing.T, fake *fakeidentity.Server) azcore.TokenCredential {
 	t.Helper()
 	testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
 	mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
 		ID: azidentity.ClientID(fmt.Sprint("e2e-turnfail-", time.Now().UnixNano())),
 		ClientOptions: azcore.ClientOptions{
 			Transport: fake.HTTPClient(),
-			Retry:     policy.RetryOptions{MaxRetries: int32(retries)},
 		},
 	})
 	if err != nil {

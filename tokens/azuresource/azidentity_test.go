@@ -25,6 +25,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/tokenbroker/tokenbroker/actors"
@@ -432,5 +433,39 @@ func TestErrorsQuotingTokens(t *testing.T) {
 		if !strings.Contains(err.Error(), tc.says) || !strings.Contains(err.Error(), tokens.Redacted) || e.StatusCode != http.StatusBadRequest {
 			t.Errorf("case %d: error lost what it says: %s", i, err)
 		}
+	}
+}
+
+// A failing identity endpoint costs one call one quick retry, not
+// azidentity's whole chain; WithRetry(nil) gives the credential's own
+// chain back.
+func TestCallRetriesBounded(t *testing.T) {
+	fake := fakeidentity.NewAppService(fakeidentity.Options{})
+	defer fake.Close()
+	testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
+	fake.Fail(http.StatusInternalServerError, `{"statusCode":500,"message":"identity service unavailable"}`)
+	for _, tc := range []struct {
+		name     string
+		opts     []azuresource.Option
+		requests int
+	}{
+		{"default", nil, 2},
+		{"credential's own retries", []azuresource.Option{azuresource.WithRetry(nil)}, 4}, // azcore: 3 retries
+		{"no retry", []azuresource.Option{azuresource.WithRetry(&policy.RetryOptions{MaxRetries: -1})}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := newIdentity()
+			src := azuresource.New(newManagedIdentity(t, fake, id), tc.opts...)
+			before := fake.Received()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, err := src.Token(ctx, tokens.Request{Scope: id.scope})
+			if err == nil || !strings.Contains(err.Error(), "500") {
+				t.Fatalf("err = %v, want the endpoint's 500", err)
+			}
+			if n := fake.Received() - before; n != tc.requests {
+				t.Fatalf("identity endpoint got %d requests, want %d", n, tc.requests)
+			}
+		})
 	}
 }

@@ -15,6 +15,10 @@
 // of them every token-like value and the tokens this Source served lately
 // (an endpoint may quote the token it refuses to renew).
 //
+// Each call's own retries are bounded (see DefaultRetry): a failing
+// identity endpoint must reach the broker's back-off and the runtime's
+// retries as one fast error, not after azidentity's full retry chain.
+//
 // Give the Source to a tokenbroker Credential (actors.Broker.NewCredential)
 // to share one cache among many sessions: azidentity's
 // ManagedIdentityCredential does not coalesce concurrent calls by itself.
@@ -28,6 +32,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -44,6 +49,27 @@ var ErrNoScope = errors.New(`azuresource: the provider has no BearerTokenScope (
 // Option configures New.
 type Option func(*source)
 
+// defaultRetry bounds azidentity's retries inside one call: one quick retry
+// heals a one-off 5xx, while a broken endpoint fails the call in about a
+// second. azidentity's own defaults (4 tries over about 5.6 s; for IMDS 7
+// tries up to 25 s apart) come before tokenbroker sees the error, so a
+// turn the runtime retries for about 5 s would fail only after 15 s or
+// more, and the broker's back-off would start that much later.
+var defaultRetry = policy.RetryOptions{MaxRetries: 1, RetryDelay: 500 * time.Millisecond, MaxRetryDelay: time.Second}
+
+// DefaultRetry returns the retry options every call uses unless WithRetry
+// gives others.
+func DefaultRetry() policy.RetryOptions { return defaultRetry }
+
+// WithRetry sets the retry options of each call, overriding the
+// credential's own (through policy.WithRetryOptions); nil keeps the
+// credential's ClientOptions.Retry.
+func WithRetry(o *policy.RetryOptions) Option {
+	return func(s *source) {
+		s.retry = o
+	}
+}
+
 // WithTenantID asks for tokens from tenant id instead of the credential's
 // default tenant (multi-tenant applications).
 func WithTenantID(id string) Option { return func(s *source) { s.tenant = id } }
@@ -56,6 +82,7 @@ type source struct {
 	cred   azcore.TokenCredential
 	tenant string
 	cae    bool
+	retry  *policy.RetryOptions // nil: the credential's own
 
 	mu     sync.Mutex
 	served [servedKept]string // the latest tokens, scrubbed from errors
@@ -71,7 +98,8 @@ func New(cred azcore.TokenCredential, opts ...Option) tokens.Source {
 	if cred == nil {
 		panic("azuresource.New: nil credential")
 	}
-	s := &source{cred: cred}
+	retry := defaultRetry
+	s := &source{cred: cred, retry: &retry}
 	for _, o := range opts {
 		o(s)
 	}
@@ -82,6 +110,9 @@ func New(cred azcore.TokenCredential, opts ...Option) tokens.Source {
 func (s *source) Token(ctx context.Context, req tokens.Request) (tokens.Token, error) {
 	if req.Scope == "" {
 		return tokens.Token{}, ErrNoScope
+	}
+	if s.retry != nil {
+		ctx = policy.WithRetryOptions(ctx, *s.retry)
 	}
 	at, err := s.cred.GetToken(ctx, policy.TokenRequestOptions{
 		Scopes:    []string{req.Scope},
