@@ -2,7 +2,7 @@ package e2e
 
 // End-to-end tests against the real Copilot CLI (see internal/clitest for
 // how it is found), fully offline: every provider is a fake
-// OpenAI-compatible endpoint on 127.0.0.1 (internal/fakemodel).
+// OpenAI-compatible endpoint on 127.0.0.1 (sessions/runtimesim/fakemodel).
 
 import (
 	"errors"

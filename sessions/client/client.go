@@ -70,8 +70,9 @@ type Options struct {
 	// unless their Extra sets it). Nil: DenyAll.
 	Permission PermissionHandler
 
-	// Conn configures the token middleware (logger, tracing, metrics) and
-	// the frame size cap. A nil Logger means the broker's.
+	// Conn configures the connection: its limits (frame size, requests in
+	// flight, write timeout) and the token middleware's logger, tracer and
+	// meter providers, each the broker's when nil.
 	Conn transport.ConnOptions
 	// Handler receives what the runtime sends that the client does not
 	// handle itself: notifications other than session events of its
