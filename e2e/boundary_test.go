@@ -8,6 +8,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"os"
 	"strconv"
 	"strings"
@@ -211,7 +212,7 @@ func TestBoundaryRealCLIKilledMidTurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer model.Close()
-	stderr := &lockedBuffer{}
+	stderr := &syncbuf.Buffer{}
 	// sh leaves a sleep holding stdout and stderr, then becomes the CLI.
 	script := `sleep 300 & echo "descendant pid $!" >&2; exec "$0" "$@"`
 	c := startCLI(t, "/bin/sh", newBroker(t, actors.Options{}), client.Options{
@@ -307,22 +308,4 @@ func (l *trafficLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return fmt.Sprint(l.seen)
-}
-
-// lockedBuffer collects the runtime's stderr.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -3,11 +3,11 @@ package transport
 import (
 	"errors"
 	"fmt"
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"io"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -93,29 +93,11 @@ func TestProcessEndsAtExitNotAtEOF(t *testing.T) {
 	waitGone(t, descendant)
 }
 
-// syncWriter is safe for the stderr copy and the test.
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // Stderr goes to the given writer whole; the error keeps its last lines,
 // scrubbed, even from a writer of another kind than a file.
 func TestProcessStderrTail(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	var copyOf syncWriter
+	var copyOf syncbuf.Buffer
 	p := startSh(t, `for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "line $i" >&2; done; echo "auth failed access_token=sekrit-value-1" >&2; exit 1`, &copyOf)
 	<-p.Done()
 	err := p.Err().Error()

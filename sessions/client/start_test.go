@@ -1,17 +1,16 @@
 package client_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -81,26 +80,8 @@ func (stdio) Read(b []byte) (int, error)  { return os.Stdin.Read(b) }
 func (stdio) Write(b []byte) (int, error) { return os.Stdout.Write(b) }
 func (stdio) Close() error                { return nil }
 
-// syncBuffer is a bytes.Buffer safe for the stderr copy and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startFake starts the fake runtime in mode with opts, within ctx.
-func startFake(ctx context.Context, t *testing.T, mode string, opts client.Options) (*client.Client, *syncBuffer, error) {
+func startFake(ctx context.Context, t *testing.T, mode string, opts client.Options) (*client.Client, *syncbuf.Buffer, error) {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -108,7 +89,7 @@ func startFake(ctx context.Context, t *testing.T, mode string, opts client.Optio
 	}
 	b := actors.NewBroker(actors.Options{})
 	t.Cleanup(func() { _ = b.Close() })
-	stderr := &syncBuffer{}
+	stderr := &syncbuf.Buffer{}
 	opts.CLIPath, opts.Args, opts.Stderr = exe, []string{}, stderr
 	opts.Env = append(opts.Env, envFakeRuntime+"="+mode)
 	c, err := client.Start(ctx, b, opts)

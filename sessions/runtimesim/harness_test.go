@@ -1,10 +1,10 @@
 package runtimesim
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"io"
 	"net"
 	"reflect"
@@ -126,24 +126,6 @@ func connect(t *testing.T, rt *Runtime, answer answerFunc) *client {
 	return connectTee(t, rt, answer, nil)
 }
 
-// wire is what the simulator wrote, for checks of the exact bytes.
-type wire struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (w *wire) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
-
-func (w *wire) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
-}
-
 // teeConn copies what it reads to w.
 type teeConn struct {
 	net.Conn
@@ -158,7 +140,7 @@ func (c teeConn) Read(p []byte) (int, error) {
 
 // connectTee is connect that also records the simulator's raw output in w
 // (when not nil).
-func connectTee(t *testing.T, rt *Runtime, answer answerFunc, w *wire) *client {
+func connectTee(t *testing.T, rt *Runtime, answer answerFunc, w *syncbuf.Buffer) *client {
 	t.Helper()
 	a, b := net.Pipe()
 	var clientSide net.Conn = b

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"net"
 	"net/http"
 	"reflect"
@@ -138,7 +139,7 @@ func TestGetTokenTurn(t *testing.T) {
 // copied from Copilot CLI 1.0.102.
 func TestWireShapes(t *testing.T) {
 	model := fake(t, fakemodel.Options{})
-	var w wire
+	var w syncbuf.Buffer
 	c := connectTee(t, New(Options{Dialect: GetToken}), func(n int, _ string, _ json.RawMessage) (any, error) {
 		if n == 1 {
 			return map[string]any{"token": "t", "expiresOnTimestamp": 1}, nil

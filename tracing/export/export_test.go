@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"io"
 	"net"
 	"net/http"
@@ -128,7 +129,7 @@ func jsonLines(t *testing.T, out []byte) (spans, metrics []string) {
 }
 
 func TestStdoutAndFileTargets(t *testing.T) {
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	file := filepath.Join(t.TempDir(), "telemetry.jsonl")
 	for _, target := range []string{"stdout", "file:" + file} {
 		t.Run(target, func(t *testing.T) {
@@ -373,21 +374,4 @@ func TestTreePrinter(t *testing.T) {
 			t.Errorf("tree lacks %q:\n%s", want, text)
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
 }
