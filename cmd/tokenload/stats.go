@@ -210,15 +210,18 @@ func keepSlowest(list []slow, s slow) []slow {
 type errorKey struct{ where, msg string }
 
 // varying parts of error messages that would split one cause over many
-// rows: session names, back-off waits and measured timeouts.
+// rows: session names, back-off waits and their clock times, measured
+// timeouts.
 var (
 	sessionNameRE = regexp.MustCompile(`load-\d{6}`)
 	waitRE        = regexp.MustCompile(`(next try in|timed out after) [0-9.]+[µmn]?s`)
+	clockRE       = regexp.MustCompile(`\(at \d\d:\d\d:\d\d UTC\)`)
 )
 
 func normalizeError(msg string) string {
 	msg = tokens.Scrub(msg)
 	msg = sessionNameRE.ReplaceAllString(msg, "load-*")
+	msg = clockRE.ReplaceAllString(msg, "(at …)")
 	return waitRE.ReplaceAllString(msg, "$1 …")
 }
 
