@@ -143,6 +143,11 @@ func TestBearerTokenTelemetryMatchesTransport(t *testing.T) {
 		var res map[string]any
 		_ = runtime.Call(context.Background(), transport.MethodGetToken, map[string]string{"sessionId": "s", "providerName": p}, &res)
 	}
+	// A request's span and metrics are recorded after its reply is sent;
+	// Close returns once every request handler has.
+	if err := conn.Close(); err != nil {
+		t.Fatal(err)
+	}
 	// Through the callback, the same three requests.
 	good, bad = creds("callback")
 	for _, c := range []*actors.Credential{good, good, bad} {
@@ -159,6 +164,9 @@ func TestBearerTokenTelemetryMatchesTransport(t *testing.T) {
 			d = "transport"
 		}
 		byDialect[d] = append(byDialect[d], s)
+	}
+	for _, ss := range byDialect { // in the order the requests were made, not ended
+		sort.Slice(ss, func(i, j int) bool { return ss[i].StartTime().Before(ss[j].StartTime()) })
 	}
 	if len(byDialect["transport"]) != 3 || len(byDialect["callback"]) != 3 {
 		t.Fatalf("request spans: %d over the transport, %d through the callback", len(byDialect["transport"]), len(byDialect["callback"]))
