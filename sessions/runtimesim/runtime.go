@@ -117,6 +117,7 @@ type Stats struct {
 	TokenInvalid   int // results rejected as malformed
 	TokenCacheHits int // model requests served from the acquire-dialect cache
 	ModelRequests  int // HTTP requests sent to providers
+	ToolCalls      int // tool calls played (approved, rejected or denied; none is executed)
 }
 
 // TokenRequest records one token request sent to the client.
