@@ -72,10 +72,16 @@ func TestPermissionHandlerOnSimulator(t *testing.T) {
 			_ = json.Unmarshal(req.Detail, &detail)
 			if req.SessionID != sess.ID() || req.ToolCallID != "call-7" || req.Tool != "bash" || req.Kind != "shell" ||
 				string(req.Arguments) != args || detail.FullCommandText != "ls /srv" {
-				t.Fatalf("permission request %+v (detail %s)", req, req.Detail)
+				t.Fatalf("permission request: session %s, call %s, tool %s, kind %s, arguments %s, detail %s",
+					req.SessionID, req.ToolCallID, req.Tool, req.Kind, req.Arguments, req.Detail)
 			}
 			if trs := srv.TokenRequests(); len(trs) != 2 {
 				t.Fatalf("%d token requests, want one before each of the 2 model requests", len(trs))
+			}
+			for _, r := range srv.Model.Requests() {
+				if r.BearerToken() != "svc-token" {
+					t.Fatalf("a model request carried token %s, want the service's", tokens.Fingerprint(r.BearerToken()))
+				}
 			}
 		})
 	}
