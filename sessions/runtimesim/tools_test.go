@@ -3,8 +3,10 @@ package runtimesim
 import (
 	"encoding/json"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 )
@@ -292,4 +294,28 @@ func TestToolRoundsBounded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// session.destroy ends a turn waiting for a permission decision: no
+// goroutine is left waiting in askPermission.
+func TestToolCallWaitingEndedByDestroy(t *testing.T) {
+	model := toolModel(t)
+	_, c := startToolSession(t, toolSetups[0], model, true)
+	c.call("session.send", map[string]any{"sessionId": "s1", "prompt": "print the environment"})
+	permissionAsked(t, c)
+	if !waiting() {
+		t.Fatal("no turn waiting for the decision before destroy")
+	}
+	c.call("session.destroy", map[string]any{"sessionId": "s1"})
+	for deadline := time.Now().Add(waitFor); waiting(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the destroyed session's turn still waits for its permission decision")
+		}
+	}
+}
+
+// waiting tells whether a goroutine waits in askPermission.
+func waiting() bool {
+	buf := make([]byte, 1<<20)
+	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "runtimesim.(*conn).askPermission")
 }
