@@ -3,6 +3,7 @@ package runtimesim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/sourcegraph/jsonrpc2"
@@ -16,12 +17,17 @@ const maxToolRounds = 8
 // "ran" with a fixed output; the other two are 1.0.102's wording.
 const (
 	simulatedOutput = "simulated: %s ran"
-	rejectedOutput  = "The user rejected this tool call. User feedback: "
+	rejectedOutput  = "The user rejected this tool call."
 	noUserOutput    = "Permission denied and could not request permission from user. Copilot needed the user's approval and no one could answer."
 )
 
 // methodPermission is how the client answers a permission.requested event.
 const methodPermission = "session.permissions.handlePendingPermissionRequest"
+
+// errRejected ends a turn whose tool the client rejected without feedback:
+// 1.0.102 then stops the turn (abort, user_initiated) instead of telling the
+// model.
+var errRejected = errors.New("tool call rejected without feedback")
 
 // toolCall is one tool call of a model reply; arguments is the JSON text
 // the model sent.
@@ -127,14 +133,15 @@ func (t toolCall) permissionRequest() map[string]any {
 // runTools plays each call of r in order: tool.execution_start, then, in a
 // session created with requestPermission, permission.requested and a wait
 // for the client's decision (until ctx ends), then tool.execution_complete.
-// Nothing is executed. It returns what the model is told of each call.
+// Nothing is executed. It returns what the model is told of each call, or
+// errRejected.
 func (c *conn) runTools(ctx context.Context, jc *jsonrpc2.Conn, s *session, turnID string, r reply) ([]string, error) {
 	results := make([]string, 0, len(r.calls))
 	for _, call := range r.calls {
 		c.emit(jc, s, "tool.execution_start", map[string]any{
 			"toolCallId": call.id, "toolName": call.name, "arguments": call.argsJSON(), "turnId": turnID,
 		}, false)
-		d := decision{feedback: noUserOutput}
+		var d decision
 		c.mu.Lock()
 		ask := s.askPermission
 		c.mu.Unlock()
@@ -146,19 +153,26 @@ func (c *conn) runTools(ctx context.Context, jc *jsonrpc2.Conn, s *session, turn
 		}
 		done := map[string]any{"toolCallId": call.id, "success": d.approved, "turnId": turnID}
 		var out string
+		code := "denied"
 		switch {
 		case d.approved:
 			out = fmt.Sprintf(simulatedOutput, call.name)
 			done["result"] = map[string]any{"content": out}
-		case ask:
-			out = rejectedOutput + d.feedback
-			done["error"] = map[string]any{"code": "denied", "message": out}
-		default:
+		case !ask:
 			out = noUserOutput
-			done["error"] = map[string]any{"code": "denied", "message": out}
+		case d.feedback == "":
+			out, code = rejectedOutput, "rejected"
+		default:
+			out = rejectedOutput + " User feedback: " + d.feedback
+		}
+		if !d.approved {
+			done["error"] = map[string]any{"code": code, "message": out}
 		}
 		c.rt.count(func(st *Stats) { st.ToolCalls++ })
 		c.emit(jc, s, "tool.execution_complete", done, false)
+		if code == "rejected" {
+			return nil, errRejected
+		}
 		results = append(results, out)
 	}
 	return results, nil

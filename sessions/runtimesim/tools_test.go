@@ -319,3 +319,44 @@ func waiting() bool {
 	buf := make([]byte, 1<<20)
 	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "runtimesim.(*conn).askPermission")
 }
+
+// A rejection without feedback stops the turn, as 1.0.102 does: the tool
+// completes "rejected", an abort event and a plain session.idle follow, and
+// the model is not asked again.
+func TestToolCallRejectedWithoutFeedbackEndsTurn(t *testing.T) {
+	for _, s := range toolSetups {
+		t.Run(s.dialect.String(), func(t *testing.T) {
+			model := toolModel(t)
+			rt, c := startToolSession(t, s, model, true)
+			c.call("session.send", map[string]any{"sessionId": "s1", "prompt": "print the environment"})
+			if !decide(t, c, permissionAsked(t, c), map[string]any{"kind": "reject"}) {
+				t.Fatal("reject answered success false")
+			}
+			var types []string
+			var done struct {
+				Success bool
+				Error   struct{ Code, Message string }
+			}
+			var idle map[string]any
+			for _, n := range turnEvents(t, c, "s1") {
+				types = append(types, n.ev.Event.Type)
+				switch n.ev.Event.Type {
+				case "tool.execution_complete":
+					_ = json.Unmarshal(n.ev.Event.Data, &done)
+				case "session.idle":
+					_ = json.Unmarshal(n.ev.Event.Data, &idle)
+				}
+			}
+			want := []string{"permission.completed", "tool.execution_complete", "abort", "session.idle"}
+			if !reflect.DeepEqual(types, want) || !reflect.DeepEqual(idle, map[string]any{"mode": "interactive"}) {
+				t.Fatalf("events %v (idle %v), want %v with a plain idle", types, idle, want)
+			}
+			if done.Success || done.Error.Code != "rejected" || done.Error.Message != "The user rejected this tool call." {
+				t.Fatalf("tool.execution_complete = %+v", done)
+			}
+			if st := rt.Stats(); st.ModelRequests != 1 || st.ToolCalls != 1 || st.TurnErrors != 0 {
+				t.Fatalf("stats %+v", st)
+			}
+		})
+	}
+}

@@ -57,8 +57,9 @@ func (c *conn) runTurns(jc *jsonrpc2.Conn, s *session) {
 // each one model request followed by assistant.message and, while the
 // model calls tools, a tool round (see runTools) and the next request; then
 // session.idle. A failure sends session.error before session.idle. An
-// aborted turn ends with an abort event and session.idle {aborted: true}; a
-// destroyed session's turn ends silently.
+// aborted turn ends with an abort event and session.idle {aborted: true}, a
+// turn whose tool was rejected without feedback with an abort event and
+// session.idle; a destroyed session's turn ends silently.
 func (c *conn) turn(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg sessionConfig, t pendingTurn) {
 	c.rt.count(func(st *Stats) { st.Turns++ })
 	c.emit(jc, s, "user.message", map[string]any{"content": t.prompt, "messageId": t.messageID}, false)
@@ -79,10 +80,14 @@ func (c *conn) turn(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg sess
 		c.emit(jc, s, "session.error", data, false)
 	}
 	idle := map[string]any{"mode": "interactive"}
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		// session.abort cancelled the turn; 1.0.102 says so on the idle event.
 		c.emit(jc, s, "abort", map[string]any{"reason": "user_initiated"}, false)
 		idle["aborted"] = true
+	case errors.Is(err, errRejected):
+		// 1.0.102 sends the abort event but a plain idle event here.
+		c.emit(jc, s, "abort", map[string]any{"reason": "user_initiated"}, false)
 	}
 	c.emit(jc, s, "session.idle", idle, true)
 }
