@@ -34,8 +34,9 @@
 // User feedback: <feedback>" when rejected, 1.0.102's "Permission denied and
 // could not request permission from user. ..." when denied by the runtime.
 // A turn ends when the model answers without tool calls, or with
-// session.error after 8 tool rounds; session.abort and session.destroy end
-// a turn waiting for a decision.
+// session.error after 8 tool rounds; a reject without feedback stops it
+// (abort event, then session.idle), as in 1.0.102; session.abort and
+// session.destroy end a turn waiting for a decision.
 //
 // cmd/runtimesim serves the same Runtime on stdio or TCP.
 package runtimesim
@@ -76,7 +77,10 @@ package runtimesim
 //     {"requestId","toolCallId","result":{"kind":"approved"}|{"kind":
 //     "denied-interactively-by-user","feedback"}}; tool.execution_complete
 //     {"toolCallId","success","result":{"content"}} or
-//     {..., "error":{"code":"denied","message"}}. The bash tool is asked
+//     {..., "error":{"code","message"}}, code "denied", or "rejected" for
+//     a reject without feedback, after which 1.0.102 ends the turn with
+//     abort {"reason":"user_initiated"} and a session.idle without
+//     "aborted". The bash tool is asked
 //     for as kind "shell" with fullCommandText and intention (its command
 //     and description), view as kind "read" with path.
 //
