@@ -9,6 +9,7 @@ import (
 	"net"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -217,7 +218,7 @@ func (c *client) next(sessionID, typ string) note {
 				return n
 			}
 		case <-timeout:
-			c.t.Fatalf("no %s event for session %s", typ, sessionID)
+			c.t.Fatalf("no %s event for session %s", strings.Replace(typ, "*", "further", 1), sessionID)
 		}
 	}
 }
