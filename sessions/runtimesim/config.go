@@ -58,6 +58,8 @@ type openParams struct {
 	id           string
 	cfg          sessionConfig
 	hasProviders bool // provider or providers was given
+	// requestPermission: tools wait for the client's permission decision.
+	requestPermission bool
 }
 
 // parseOpen validates session.create / session.resume params the way 1.0.102
@@ -75,6 +77,9 @@ func parseOpen(method string, raw *json.RawMessage, d Dialect) (openParams, erro
 		if json.Unmarshal(v, &p.id) != nil {
 			return p, fmt.Errorf("%s sessionId must be a string", method)
 		}
+	}
+	if err := boolField(fields, "requestPermission", &p.requestPermission); err != nil {
+		return p, fmt.Errorf("%s requestPermission: %w", method, err)
 	}
 	p.cfg.modelID = defaultModel
 	if v, ok := present(fields, "model"); ok {

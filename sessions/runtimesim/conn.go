@@ -37,6 +37,11 @@ type session struct {
 	gone    bool               // destroyed
 
 	tokens map[string]cachedToken // acquire-dialect cache by provider name
+
+	// askPermission: created or resumed with requestPermission, so a tool
+	// waits for the client's decision instead of being denied.
+	askPermission bool
+	pending       map[string]chan decision // by permission requestId
 }
 
 type pendingTurn struct{ prompt, messageID string }
@@ -118,6 +123,9 @@ func (c *conn) dispatch(jc *jsonrpc2.Conn, req *jsonrpc2.Request) (result any, a
 	case "session.model.switchTo":
 		res, err := c.switchModel(req)
 		return res, nil, err
+	case methodPermission:
+		res, err := c.handlePermission(req)
+		return res, nil, err
 	}
 	return nil, nil, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "Unhandled method " + req.Method}
 }
@@ -149,9 +157,10 @@ func (c *conn) open(jc *jsonrpc2.Conn, req *jsonrpc2.Request) (any, *jsonrpc2.Er
 	c.mu.Lock()
 	s, known := c.sessions[p.id]
 	if !known {
-		s = &session{id: p.id, startTime: time.Now(), tokens: map[string]cachedToken{}}
+		s = &session{id: p.id, startTime: time.Now(), tokens: map[string]cachedToken{}, pending: map[string]chan decision{}}
 		c.sessions[p.id] = s
 	}
+	s.askPermission = p.requestPermission
 	if !resume || p.hasProviders || !known {
 		s.cfg = p.cfg
 		clear(s.tokens) // a new provider config invalidates cached tokens

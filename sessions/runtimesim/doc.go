@@ -21,8 +21,22 @@
 // srv.ModelRequests() (each model request, with the fingerprint of its
 // Authorization header and the status), srv.Stats(), and srv.Model.Requests()
 // (the model endpoint's view). Acquire and GetToken select the dialect.
-// Tool calls a scripted answer asks for are not run: the simulator takes the
-// answer's text.
+//
+// Tool calls a scripted answer asks for (fakemodel.Response.ToolCalls) are
+// simulated the way 1.0.102 plays them, and nothing is executed: each call
+// gets tool.execution_start; in a session created with
+// "requestPermission": true, permission.requested follows and the call
+// waits for the client's session.permissions.handlePendingPermissionRequest
+// (approve-once or reject), without it the runtime denies the call itself;
+// then tool.execution_complete. The model's next request (a token is asked
+// for before it, as before every request) carries each call's result:
+// "simulated: <tool> ran" when approved, "The user rejected this tool call.
+// User feedback: <feedback>" when rejected, 1.0.102's "Permission denied and
+// could not request permission from user. ..." when denied by the runtime.
+// A turn ends when the model answers without tool calls, or with
+// session.error after 8 tool rounds; a reject without feedback stops it
+// (abort event, then session.idle), as in 1.0.102; session.abort and
+// session.destroy end a turn waiting for a decision.
 //
 // cmd/runtimesim serves the same Runtime on stdio or TCP.
 package runtimesim
@@ -51,6 +65,24 @@ package runtimesim
 //     "params":{"providerName":"default","sessionId":"..."}}, ids from 1.
 //   - Failed methods answer code -32603 with "Request <method> failed with
 //     message: <reason>"; unknown methods -32601 "Unhandled method <m>".
+//   - A tool call: assistant.message lists it in "toolRequests"
+//     ([{"toolCallId","name","arguments","type":"function"}], content "");
+//     tool.execution_start {"toolCallId","toolName","arguments","turnId"};
+//     with requestPermission, permission.requested {"requestId",
+//     "permissionRequest":{"kind","toolCallId",...}} (the CLI also sends
+//     agentMode, permissionMode, promptRequest...), answered by
+//     session.permissions.handlePendingPermissionRequest {"sessionId",
+//     "requestId","result":{"kind":"approve-once"}|{"kind":"reject",
+//     "feedback"}} → {"success":true}, then permission.completed
+//     {"requestId","toolCallId","result":{"kind":"approved"}|{"kind":
+//     "denied-interactively-by-user","feedback"}}; tool.execution_complete
+//     {"toolCallId","success","result":{"content"}} or
+//     {..., "error":{"code","message"}}, code "denied", or "rejected" for
+//     a reject without feedback, after which 1.0.102 ends the turn with
+//     abort {"reason":"user_initiated"} and a session.idle without
+//     "aborted". The bash tool is asked
+//     for as kind "shell" with fullCommandText and intention (its command
+//     and description), view as kind "read" with path.
 //
 // Where 1.0.102 differs from PROTOCOL.md, the simulator follows 1.0.102:
 //   - A token error reply is retried 5 times 1 s apart, then session.error has
@@ -72,4 +104,9 @@ package runtimesim
 // Deliberate departures, for tests: token requests time out (TokenTimeout),
 // an empty token is rejected, string results are never echoed in errors,
 // retries are fewer and immediate by default, and session.abort cancels a
-// pending token request instead of waiting for it.
+// pending token request instead of waiting for it. Tools are never run; a
+// tool name other than bash and view is asked for as a "custom-tool" with
+// its args (1.0.102 answers that such a tool does not exist), the calls of
+// one answer are played one after the other, only approve-once and reject
+// are accepted as decisions, and an answer to a request that is no longer
+// pending gets {"success":false}.

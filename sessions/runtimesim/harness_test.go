@@ -9,6 +9,7 @@ import (
 	"net"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -205,19 +206,19 @@ func (c *client) rpcError(method string, params any) *jsonrpc2.Error {
 	return rpcErr
 }
 
-// next returns the session's next session.event of type typ, skipping
-// other notifications.
+// next returns the session's next session.event of type typ ("*": any),
+// skipping other notifications.
 func (c *client) next(sessionID, typ string) note {
 	c.t.Helper()
 	timeout := time.After(waitFor)
 	for {
 		select {
 		case n := <-c.queue(sessionID):
-			if n.method == "session.event" && n.ev.Event.Type == typ {
+			if n.method == "session.event" && (typ == "*" || n.ev.Event.Type == typ) {
 				return n
 			}
 		case <-timeout:
-			c.t.Fatalf("no %s event for session %s", typ, sessionID)
+			c.t.Fatalf("no %s event for session %s", strings.Replace(typ, "*", "further", 1), sessionID)
 		}
 	}
 }

@@ -97,8 +97,11 @@ type Options struct {
 	ServerRetries int
 	// RetryDelay is the pause before every retry. Default 0.
 	RetryDelay time.Duration
-	// TurnRequests is the number of model requests per turn (the real CLI
-	// makes 2 in a turn with one tool call). Default 1.
+	// TurnRequests is the number of model exchanges per turn, each a model
+	// request plus one more per tool round the scripted answers ask for;
+	// set it to load the client with a CLI-like request count without
+	// scripting tool calls (the real CLI makes 2 requests in a turn with
+	// one tool call). Default 1.
 	TurnRequests int
 	// Logger receives debug logs (token fingerprints only, never tokens).
 	// Nil means silent.
@@ -117,6 +120,7 @@ type Stats struct {
 	TokenInvalid   int // results rejected as malformed
 	TokenCacheHits int // model requests served from the acquire-dialect cache
 	ModelRequests  int // HTTP requests sent to providers
+	ToolCalls      int // tool calls played (approved, rejected or denied; none is executed)
 }
 
 // TokenRequest records one token request sent to the client.

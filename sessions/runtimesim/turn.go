@@ -53,11 +53,13 @@ func (c *conn) runTurns(jc *jsonrpc2.Conn, s *session) {
 	}
 }
 
-// turn runs one prompt: user.message, then TurnRequests model calls each
-// followed by assistant.message, then session.idle; a failure sends
-// session.error before session.idle. An aborted turn ends with an abort
-// event and session.idle {aborted: true}; a destroyed session's turn ends
-// silently.
+// turn runs one prompt: user.message, then TurnRequests model exchanges,
+// each one model request followed by assistant.message and, while the
+// model calls tools, a tool round (see runTools) and the next request; then
+// session.idle. A failure sends session.error before session.idle. An
+// aborted turn ends with an abort event and session.idle {aborted: true}, a
+// turn whose tool was rejected without feedback with an abort event and
+// session.idle; a destroyed session's turn ends silently.
 func (c *conn) turn(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg sessionConfig, t pendingTurn) {
 	c.rt.count(func(st *Stats) { st.Turns++ })
 	c.emit(jc, s, "user.message", map[string]any{"content": t.prompt, "messageId": t.messageID}, false)
@@ -78,10 +80,14 @@ func (c *conn) turn(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg sess
 		c.emit(jc, s, "session.error", data, false)
 	}
 	idle := map[string]any{"mode": "interactive"}
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		// session.abort cancelled the turn; 1.0.102 says so on the idle event.
 		c.emit(jc, s, "abort", map[string]any{"reason": "user_initiated"}, false)
 		idle["aborted"] = true
+	case errors.Is(err, errRejected):
+		// 1.0.102 sends the abort event but a plain idle event here.
+		c.emit(jc, s, "abort", map[string]any{"reason": "user_initiated"}, false)
 	}
 	c.emit(jc, s, "session.idle", idle, true)
 }
@@ -92,26 +98,48 @@ func (c *conn) converse(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg 
 		// to GitHub-hosted models without a GitHub login.
 		return &turnError{errorType: "query", message: "Execution failed: InvalidArg, No GitHub OAuth token or Copilot HMAC key provided"}
 	}
-	for i := range c.rt.opts.TurnRequests {
-		text, err := c.modelCall(ctx, jc, s, cfg, t.prompt)
-		if err != nil {
-			return err
+	requests := 0 // numbers the model requests of the turn: the events' turnId
+	for range c.rt.opts.TurnRequests {
+		ex := exchange{prompt: t.prompt}
+		for {
+			r, err := c.modelCall(ctx, jc, s, cfg, &ex)
+			if err != nil {
+				return err
+			}
+			turnID := strconv.Itoa(requests)
+			requests++
+			toolRequests := make([]any, len(r.calls))
+			for i, call := range r.calls {
+				toolRequests[i] = map[string]any{"toolCallId": call.id, "name": call.name, "arguments": call.argsJSON(), "type": "function"}
+			}
+			c.emit(jc, s, "assistant.message", map[string]any{
+				"messageId":            newID(),
+				"originatingMessageId": t.messageID,
+				"model":                cfg.wireModel,
+				"content":              r.text,
+				"toolRequests":         toolRequests,
+				"turnId":               turnID,
+			}, false)
+			if len(r.calls) == 0 {
+				break
+			}
+			if len(ex.rounds) == maxToolRounds {
+				return &turnError{errorType: "query", message: fmt.Sprintf(
+					"runtimesim: the model still calls tools after %d tool rounds; the simulator ends the turn", maxToolRounds)}
+			}
+			results, err := c.runTools(ctx, jc, s, turnID, r)
+			if err != nil {
+				return err
+			}
+			ex.rounds = append(ex.rounds, toolRound{reply: r, results: results})
 		}
-		c.emit(jc, s, "assistant.message", map[string]any{
-			"messageId":            newID(),
-			"originatingMessageId": t.messageID,
-			"model":                cfg.wireModel,
-			"content":              text,
-			"toolRequests":         []any{},
-			"turnId":               strconv.Itoa(i),
-		}, false)
 	}
 	return nil
 }
 
-// modelCall makes one logical model request, asking for a token before every
-// HTTP attempt and retrying per Options.
-func (c *conn) modelCall(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg sessionConfig, prompt string) (string, error) {
+// modelCall makes one logical model request carrying ex, asking for a token
+// before every HTTP attempt and retrying per Options.
+func (c *conn) modelCall(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg sessionConfig, ex *exchange) (reply, error) {
 	o := c.rt.opts
 	p := cfg.provider
 	var tokenTries, authTries, serverTries, retried int
@@ -127,51 +155,51 @@ func (c *conn) modelCall(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg
 			var bad *invalidResult
 			switch {
 			case ctx.Err() != nil:
-				return "", ctx.Err()
+				return reply{}, ctx.Err()
 			case errors.As(err, &bad):
 				// Not retried: 1.0.102 fails the turn at once.
-				return "", &turnError{errorType: "query", message: "Provider token response was invalid: " + bad.msg}
+				return reply{}, &turnError{errorType: "query", message: "Provider token response was invalid: " + bad.msg}
 			case errors.Is(err, jsonrpc2.ErrClosed):
-				return "", err
+				return reply{}, err
 			case tokenTries < o.TokenRetries:
 				tokenTries++
 				if err := pause(); err != nil {
-					return "", err
+					return reply{}, err
 				}
 				continue
 			}
-			return "", &turnError{errorType: "query", message: retriedMessage(retried, waited, "Provider token request failed: "+err.Error())}
+			return reply{}, &turnError{errorType: "query", message: retriedMessage(retried, waited, "Provider token request failed: "+err.Error())}
 		}
 
-		status, text, err := c.post(ctx, s, cfg, token, prompt)
+		status, r, err := c.post(ctx, s, cfg, token, ex)
 		switch {
 		case ctx.Err() != nil:
-			return "", ctx.Err()
+			return reply{}, ctx.Err()
 		case err == nil:
-			return text, nil
+			return r, nil
 		case status == http.StatusUnauthorized:
 			c.forget(s, p.name)
 			if authTries < o.AuthRetries {
 				authTries++
 				if err := pause(); err != nil {
-					return "", err
+					return reply{}, err
 				}
 				continue
 			}
-			return "", &turnError{errorType: "authentication", status: status, message: fmt.Sprintf(
+			return reply{}, &turnError{errorType: "authentication", status: status, message: fmt.Sprintf(
 				"Authentication failed with provider at %s (HTTP 401).\n  Check your COPILOT_PROVIDER_API_KEY, COPILOT_PROVIDER_API_KEY_COMMAND, or COPILOT_PROVIDER_BEARER_TOKEN.",
 				p.baseURL)}
 		case status == 0 || status == http.StatusTooManyRequests || status >= 500:
 			if serverTries < o.ServerRetries {
 				serverTries++
 				if err := pause(); err != nil {
-					return "", err
+					return reply{}, err
 				}
 				continue
 			}
-			return "", &turnError{errorType: "query", status: status, message: retriedMessage(retried, waited, err.Error())}
+			return reply{}, &turnError{errorType: "query", status: status, message: retriedMessage(retried, waited, err.Error())}
 		default:
-			return "", &turnError{errorType: "query", status: status, message: err.Error()}
+			return reply{}, &turnError{errorType: "query", status: status, message: err.Error()}
 		}
 	}
 }
@@ -293,29 +321,23 @@ func (c *conn) forget(s *session, provider string) {
 	c.mu.Unlock()
 }
 
-// post sends one HTTP attempt to the provider and returns the reply text. On
+// post sends one HTTP attempt to the provider and returns the reply. On
 // failure it returns the status (0 when no response arrived) and an error
 // worded like 1.0.102's "Last error" ("500 <provider's message>").
-func (c *conn) post(ctx context.Context, s *session, cfg sessionConfig, token, prompt string) (int, string, error) {
+func (c *conn) post(ctx context.Context, s *session, cfg sessionConfig, token string, ex *exchange) (int, reply, error) {
 	p := cfg.provider
-	path, body := "/chat/completions", map[string]any{
-		"model": cfg.wireModel,
-		"messages": []any{
-			map[string]any{"role": "system", "content": "You are the tokenbroker runtime simulator."},
-			map[string]any{"role": "user", "content": prompt},
-		},
-	}
+	path, body := "/chat/completions", map[string]any{"model": cfg.wireModel, "messages": ex.chatMessages()}
 	if p.wireAPI == "responses" {
-		path, body = "/responses", map[string]any{"model": cfg.wireModel, "input": prompt}
+		path, body = "/responses", map[string]any{"model": cfg.wireModel, "input": ex.responsesInput()}
 	}
 	u := strings.TrimSuffix(p.baseURL, "/") + path
 	b, err := json.Marshal(body)
 	if err != nil {
-		return 0, "", err
+		return 0, reply{}, err
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(b))
 	if err != nil {
-		return 0, "", err
+		return 0, reply{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	// Credentials the way the OpenAI SDK inside the CLI sends them; a
@@ -341,20 +363,20 @@ func (c *conn) post(ctx context.Context, s *session, cfg sessionConfig, token, p
 	if err != nil {
 		rec.Err = err.Error()
 		c.rt.recordModel(rec)
-		return 0, "", err
+		return 0, reply{}, err
 	}
 	defer resp.Body.Close()
 	rec.Status = resp.StatusCode
 	c.rt.recordModel(rec)
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
 	if err != nil {
-		return 0, "", err
+		return 0, reply{}, err
 	}
 	if resp.StatusCode/100 != 2 {
-		return resp.StatusCode, "", fmt.Errorf("%d %s", resp.StatusCode, errorMessage(data))
+		return resp.StatusCode, reply{}, fmt.Errorf("%d %s", resp.StatusCode, errorMessage(data))
 	}
-	text, err := replyText(p.wireAPI, data)
-	return resp.StatusCode, text, err
+	r, err := parseReply(p.wireAPI, data)
+	return resp.StatusCode, r, err
 }
 
 // errorMessage extracts an OpenAI-style {"error":{"message"}} or a short
@@ -375,43 +397,65 @@ func errorMessage(body []byte) string {
 	return msg
 }
 
-// replyText extracts the assistant text of a chat completion, or of a
-// Responses API reply (its output_text parts).
-func replyText(wireAPI string, body []byte) (string, error) {
+// parseReply extracts the assistant text and tool calls of a chat
+// completion, or of a Responses API reply (its output_text parts and
+// function_call items).
+func parseReply(wireAPI string, body []byte) (reply, error) {
+	var r reply
 	if wireAPI == "responses" {
-		var r struct {
+		var resp struct {
 			Output []struct {
-				Content []struct {
+				Type      string `json:"type"`
+				CallID    string `json:"call_id"`
+				Name      string `json:"name"`
+				Arguments string `json:"arguments"`
+				Content   []struct {
 					Type string `json:"type"`
 					Text string `json:"text"`
 				} `json:"content"`
 			} `json:"output"`
 		}
-		if err := json.Unmarshal(body, &r); err != nil {
-			return "", fmt.Errorf("invalid model response: %w", err)
+		if err := json.Unmarshal(body, &resp); err != nil {
+			return r, fmt.Errorf("invalid model response: %w", err)
 		}
 		var b strings.Builder
-		for _, o := range r.Output {
+		for _, o := range resp.Output {
+			if o.Type == "function_call" {
+				r.calls = append(r.calls, toolCall{id: o.CallID, name: o.Name, arguments: o.Arguments})
+			}
 			for _, part := range o.Content {
 				if part.Type == "output_text" {
 					b.WriteString(part.Text)
 				}
 			}
 		}
-		return b.String(), nil
+		r.text = b.String()
+		return r, nil
 	}
-	var r struct {
+	var resp struct {
 		Choices []struct {
 			Message struct {
-				Content string `json:"content"`
+				Content   string `json:"content"` // null beside tool calls
+				ToolCalls []struct {
+					ID       string `json:"id"`
+					Function struct {
+						Name      string `json:"name"`
+						Arguments string `json:"arguments"`
+					} `json:"function"`
+				} `json:"tool_calls"`
 			} `json:"message"`
 		} `json:"choices"`
 	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return "", fmt.Errorf("invalid model response: %w", err)
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return r, fmt.Errorf("invalid model response: %w", err)
 	}
-	if len(r.Choices) == 0 {
-		return "", errors.New("invalid model response: no choices")
+	if len(resp.Choices) == 0 {
+		return r, errors.New("invalid model response: no choices")
 	}
-	return r.Choices[0].Message.Content, nil
+	m := resp.Choices[0].Message
+	r.text = m.Content
+	for _, tc := range m.ToolCalls {
+		r.calls = append(r.calls, toolCall{id: tc.ID, name: tc.Function.Name, arguments: tc.Function.Arguments})
+	}
+	return r, nil
 }
