@@ -23,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/internal/metrictest"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
 	"github.com/tokenbroker/tokenbroker/transport"
@@ -187,19 +188,7 @@ func TestBearerTokenTelemetryMatchesTransport(t *testing.T) {
 	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
 	}
-	counts := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != tracing.MetricRequests {
-				continue
-			}
-			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
-				d, _ := dp.Attributes.Value(tracing.Dialect)
-				o, _ := dp.Attributes.Value(tracing.Outcome)
-				counts[d.AsString()+"/"+o.AsString()] += dp.Value
-			}
-		}
-	}
+	counts := metrictest.Sums(&rm, tracing.MetricRequests, tracing.Dialect, tracing.Outcome)
 	for _, o := range []string{"refreshed", "hit", "error"} {
 		if counts[tracing.DialectGetToken+"/"+o] != 1 || counts[tracing.DialectCallback+"/"+o] != 1 {
 			t.Errorf("%s: %d over the transport, %d through the callback (all: %v)", o, counts[tracing.DialectGetToken+"/"+o], counts[tracing.DialectCallback+"/"+o], counts)
@@ -221,7 +210,7 @@ func tokenbrokerAttrs(s sdktrace.ReadOnlySpan) []string {
 			continue
 		}
 		if kv.Key == tracing.ProviderName || kv.Value.Type() != attribute.STRING {
-			out = append(out, k+"="+kv.Value.Emit())
+			out = append(out, k+"="+kv.Value.String())
 			continue
 		}
 		out = append(out, k+"="+kv.Value.AsString())

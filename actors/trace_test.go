@@ -19,6 +19,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/leakscan"
+	"github.com/tokenbroker/tokenbroker/internal/metrictest"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
 )
@@ -113,20 +114,7 @@ func attrOf(s sdktrace.ReadOnlySpan, k attribute.Key) any {
 }
 
 func refreshCounts(rm *metricdata.ResourceMetrics) map[string]int64 {
-	out := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != tracing.MetricRefreshes {
-				continue
-			}
-			for _, p := range m.Data.(metricdata.Sum[int64]).DataPoints {
-				reason, _ := p.Attributes.Value(tracing.RefreshReason)
-				outcome, _ := p.Attributes.Value(tracing.Outcome)
-				out[reason.AsString()+"/"+outcome.AsString()] += p.Value
-			}
-		}
-	}
-	return out
+	return metrictest.Sums(rm, tracing.MetricRefreshes, tracing.RefreshReason, tracing.Outcome)
 }
 
 func gaugeOf(t *testing.T, rm *metricdata.ResourceMetrics, name string) int64 {

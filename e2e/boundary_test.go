@@ -8,7 +8,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/clitest"
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"github.com/tokenbroker/tokenbroker/sessions"
 	"github.com/tokenbroker/tokenbroker/sessions/client"
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"

@@ -3,7 +3,6 @@ package transport
 import (
 	"errors"
 	"fmt"
-	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"io"
 	"os"
 	"os/exec"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 )
 
 // startSh starts a shell script as a runtime process.

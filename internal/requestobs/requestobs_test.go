@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/tokenbroker/tokenbroker/internal/metrictest"
 	"github.com/tokenbroker/tokenbroker/internal/requestobs"
 	"github.com/tokenbroker/tokenbroker/tracing"
 )
@@ -40,20 +41,7 @@ func requestCounts(t *testing.T, reader *sdkmetric.ManualReader) map[string]int6
 	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
 	}
-	counts := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != tracing.MetricRequests {
-				continue
-			}
-			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
-				d, _ := dp.Attributes.Value(tracing.Dialect)
-				o, _ := dp.Attributes.Value(tracing.Outcome)
-				counts[d.AsString()+"/"+o.AsString()] += dp.Value
-			}
-		}
-	}
-	return counts
+	return metrictest.Sums(&rm, tracing.MetricRequests, tracing.Dialect, tracing.Outcome)
 }
 
 func attrs(kvs []attribute.KeyValue) map[attribute.Key]attribute.Value {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"io"
 	"net"
 	"reflect"
@@ -17,6 +16,7 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 	"go.uber.org/goleak"
 
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 )
 

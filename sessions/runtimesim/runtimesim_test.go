@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"net"
 	"net/http"
 	"reflect"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/sourcegraph/jsonrpc2"
 
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 )
 

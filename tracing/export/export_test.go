@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"io"
 	"net"
 	"net/http"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/leakscan"
+	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
 	"github.com/tokenbroker/tokenbroker/tracing/export"
