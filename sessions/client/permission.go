@@ -41,7 +41,9 @@ type PermissionRequest struct {
 // PermissionDecision answers a PermissionRequest.
 type PermissionDecision struct {
 	Allow bool
-	// Reason is shown to the model when the tool is denied.
+	// Reason is shown to the model when the tool is denied, and the turn
+	// goes on. Empty: Copilot CLI 1.0.102 ends the turn instead, as if the
+	// user had aborted it.
 	Reason string
 }
 
