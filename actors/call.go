@@ -77,7 +77,7 @@ func (b *Broker) runSource(p *provider, c callSpec, halt context.Context, starte
 	if err != nil {
 		tok = tokens.Token{}
 	} else {
-		p.recent.add(tok.Value)
+		p.remember(tok.Value)
 		b.warnIfExpired(p, tok)
 	}
 
@@ -118,7 +118,7 @@ func (b *Broker) callError(p *provider, ctx context.Context, tok tokens.Token, e
 		// waiting for this answer any more.
 		return b.closedError(p.closedWhat())
 	}
-	return failed(err, p.recent.scrub(err.Error()))
+	return failed(err, p.scrub(err.Error()))
 }
 
 // warnIfExpired logs a Source that hands out tokens already expired: they
@@ -128,11 +128,7 @@ func (b *Broker) warnIfExpired(p *provider, tok tokens.Token) {
 	if tok.Bare() || tok.ExpiresOn.After(now) {
 		return
 	}
-	last := p.warnedExpired.Load()
-	if last != 0 && now.UnixNano()-last < int64(expiredWarnEvery) {
-		return
-	}
-	if p.warnedExpired.CompareAndSwap(last, now.UnixNano()) {
+	if p.shouldWarnExpired(now) {
 		b.log.Warn("tokenbroker: credential returned an expired token; it is not cached, so every request calls the credential",
 			"provider", p.name, "expired_for", now.Sub(tok.ExpiresOn).Round(time.Second).String(), "token", tok)
 	}
@@ -157,24 +153,54 @@ func panicSummary(v any) string {
 	return fmt.Sprintf("%T value", v)
 }
 
-// recentTokens remembers the last few token values a provider served, so
-// that a Source quoting one in an error (the token it is asked to replace,
-// say) does not leak it through the broker's messages.
-type recentTokens struct {
-	mu     sync.Mutex
-	values [4]string
-	next   int
+// servedTokens is what a provider remembers of the tokens it served: the
+// last few values, so that a Source quoting one in an error (the token it
+// is asked to replace, say) does not leak it through the broker's
+// messages, and when it last warned of an expired one. It is allocated
+// with the first token: an idle session's providers carry a nil pointer.
+type servedTokens struct {
+	mu            sync.Mutex
+	values        [4]string
+	next          int
+	warnedExpired time.Time
 }
 
-func (r *recentTokens) add(v string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.values[r.next] = v
-	r.next = (r.next + 1) % len(r.values)
+func (p *provider) served() *servedTokens {
+	if st := p.servedState.Load(); st != nil {
+		return st
+	}
+	p.servedState.CompareAndSwap(nil, &servedTokens{})
+	return p.servedState.Load()
 }
 
-func (r *recentTokens) scrub(s string) string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return tokens.Scrub(s, r.values[:]...)
+func (p *provider) remember(v string) {
+	st := p.served()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.values[st.next] = v
+	st.next = (st.next + 1) % len(st.values)
+}
+
+// scrub cuts secrets out of a Source's words, the tokens p served
+// recently included.
+func (p *provider) scrub(s string) string {
+	st := p.servedState.Load()
+	if st == nil {
+		return tokens.Scrub(s)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return tokens.Scrub(s, st.values[:]...)
+}
+
+// shouldWarnExpired rate-limits the warning about expired tokens.
+func (p *provider) shouldWarnExpired(now time.Time) bool {
+	st := p.served()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.warnedExpired.IsZero() && now.Sub(st.warnedExpired) < expiredWarnEvery {
+		return false
+	}
+	st.warnedExpired = now
+	return true
 }

@@ -33,8 +33,7 @@ type provider struct {
 	epoch  atomic.Uint64
 	closed atomic.Bool // a shared credential's Close: serve nothing more
 
-	recent        recentTokens // cut out of every message a Source's words reach
-	warnedExpired atomic.Int64 // unix nanoseconds of the last expired-token warning
+	servedState atomic.Pointer[servedTokens] // nil until the first token: see served
 }
 
 // snapshot is what the actor publishes for lock-free cache hits.
