@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"sync"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/sessions"
 )
@@ -17,8 +18,9 @@ import (
 // which the client sets unless the config says otherwise; without it the
 // CLI denies every tool that needs approval by itself.
 const (
-	EventToolStart           = "tool.execution_start" // Data: toolCallId, toolName, arguments
-	EventPermissionRequested = "permission.requested" // Data: requestId, permissionRequest
+	EventToolStart           = "tool.execution_start"    // Data: toolCallId, toolName, arguments
+	EventPermissionRequested = "permission.requested"    // Data: requestId, permissionRequest
+	EventToolComplete        = "tool.execution_complete" // Data: toolCallId, success, result or error
 	methodPermissionDecision = "session.permissions.handlePendingPermissionRequest"
 )
 
@@ -61,8 +63,13 @@ func DenyAll(context.Context, PermissionRequest) PermissionDecision {
 }
 
 // maxPendingCalls bounds the tool calls remembered until their permission
-// request; a runtime cannot make the client hold more.
+// request, and the decisions in progress: a runtime cannot make the client
+// hold more, whatever it sends.
 const maxPendingCalls = 256
+
+// decisionTimeout bounds sending one decision: a runtime that does not
+// answer handlePendingPermissionRequest does not keep its goroutine.
+const decisionTimeout = 30 * time.Second
 
 // permissions answers a client's permission requests.
 type permissions struct {
@@ -71,6 +78,7 @@ type permissions struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	slots  chan struct{} // one per decision in progress
 
 	mu    sync.Mutex
 	calls map[toolCallKey]toolCall
@@ -88,13 +96,25 @@ func newPermissions(decide PermissionHandler, log *slog.Logger) *permissions {
 		decide = DenyAll
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &permissions{decide: decide, log: log, ctx: ctx, cancel: cancel, calls: map[toolCallKey]toolCall{}}
+	return &permissions{decide: decide, log: log, ctx: ctx, cancel: cancel,
+		slots: make(chan struct{}, maxPendingCalls), calls: map[toolCallKey]toolCall{}}
 }
 
 // observe reads the session events that concern permissions. It runs on the
 // connection's read loop: the decision runs in a goroutine of its own.
 func (p *permissions) observe(c *Client, ev Event) {
 	switch ev.Type {
+	case EventToolComplete:
+		// Most tools run without asking: forget them when they end, or
+		// their starts would fill the table.
+		var d struct {
+			ToolCallID string `json:"toolCallId"`
+		}
+		if json.Unmarshal(ev.Data, &d) == nil {
+			p.mu.Lock()
+			delete(p.calls, toolCallKey{ev.SessionID, d.ToolCallID})
+			p.mu.Unlock()
+		}
 	case EventToolStart:
 		var d struct {
 			ToolCallID string          `json:"toolCallId"`
@@ -132,7 +152,19 @@ func (p *permissions) observe(c *Client, ev Event) {
 			Tool: call.name, Arguments: call.args,
 			Kind: detail.Kind, Detail: d.PermissionRequest,
 		}
-		p.wg.Go(func() { p.answer(c, d.RequestID, req) })
+		select {
+		case p.slots <- struct{}{}:
+		default:
+			// The runtime asks for more at once than any turn needs; its
+			// tool waits, as the turn of a runtime that floods its client
+			// deserves.
+			p.log.Warn("tokenbroker: too many permission requests in progress; one left unanswered", "session", req.SessionID, "limit", maxPendingCalls)
+			return
+		}
+		p.wg.Go(func() {
+			defer func() { <-p.slots }()
+			p.answer(c, d.RequestID, req)
+		})
 	}
 }
 
@@ -145,7 +177,9 @@ func (p *permissions) answer(c *Client, requestID string, req PermissionRequest)
 	}
 	// The tool name and kind only: arguments may hold anything.
 	p.log.Info("tokenbroker: tool permission", "session", req.SessionID, "tool", req.Tool, "kind", req.Kind, "allowed", decision.Allow)
-	err := c.call(p.ctx, methodPermissionDecision, map[string]any{
+	ctx, cancel := context.WithTimeout(p.ctx, decisionTimeout)
+	defer cancel()
+	err := c.call(ctx, methodPermissionDecision, map[string]any{
 		"sessionId": req.SessionID, "requestId": requestID, "result": result,
 	}, nil)
 	if err != nil && p.ctx.Err() == nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -162,5 +164,88 @@ func TestUnknownRuntimeRequestAnswered(t *testing.T) {
 	var rpcErr *jsonrpc2.Error
 	if !errors.As(err, &rpcErr) || rpcErr.Code != jsonrpc2.CodeMethodNotFound {
 		t.Fatalf("err = %v, want method not found", err)
+	}
+}
+
+// A runtime cannot make the client hold more than a bounded number of
+// permission decisions or remembered tool calls, whatever it sends; tools
+// that ran without asking are forgotten when they complete, so a long
+// session's later requests still carry their tool.
+func TestPermissionRequestsBounded(t *testing.T) {
+	const flood = 300 // beyond the client's 256
+	var mu sync.Mutex
+	running, most := 0, 0
+	release := make(chan struct{})
+	seen := make(chan client.PermissionRequest, flood)
+	block := func(ctx context.Context, req client.PermissionRequest) client.PermissionDecision {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		mu.Unlock()
+		seen <- req
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return client.PermissionDecision{Reason: "no"}
+	}
+	s, c, _, decisions := permissionScript(t, client.Options{Permission: block})
+	ctx := ctxT(t)
+	sent := make(chan struct{})
+	s.send = func(ctx context.Context, jc *jsonrpc2.Conn, session, msgID string) {
+		go func() {
+			defer close(sent)
+			// 400 tools that ran without asking, then one that asks: its
+			// request must still name it.
+			for i := range 400 {
+				id := fmt.Sprintf("quiet-%d", i)
+				event(ctx, jc, session, client.EventToolStart, map[string]any{"toolCallId": id, "toolName": "view"})
+				event(ctx, jc, session, client.EventToolComplete, map[string]any{"toolCallId": id, "success": true})
+			}
+			event(ctx, jc, session, client.EventToolStart, map[string]any{"toolCallId": "late", "toolName": "bash"})
+			for i := range flood {
+				id := "late"
+				if i > 0 {
+					id = fmt.Sprintf("flood-%d", i)
+				}
+				event(ctx, jc, session, client.EventPermissionRequested, map[string]any{
+					"requestId": fmt.Sprintf("req-%d", i), "permissionRequest": map[string]any{"kind": "shell", "toolCallId": id},
+				})
+			}
+		}()
+	}
+	sess, err := c.CreateSession(ctx, sessions.SessionConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Send(ctx, "flood"); err != nil {
+		t.Fatal(err)
+	}
+	<-sent
+	first := <-seen
+	if first.ToolCallID != "late" || first.Tool != "bash" {
+		t.Fatalf("the request after 400 quiet tools saw %+v, want tool bash", first)
+	}
+	// Every slot taken: the handler sees 256 requests, no more.
+	for range 255 {
+		<-seen
+	}
+	// Any answer from the runtime (this one: method not found) comes after
+	// its events, which the client handles in order.
+	if err := c.Ping(ctx); err != nil && ctx.Err() != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := most
+	mu.Unlock()
+	if got != 256 || len(seen) != 0 {
+		t.Fatalf("%d decisions at once (%d more queued), want 256", got, len(seen))
+	}
+	close(release)
+	for range 256 {
+		<-decisions
 	}
 }
