@@ -237,15 +237,18 @@ func TestRuntimeKilledMidTurn(t *testing.T) {
 		if !errors.Is(err, client.ErrClosed) || !errors.Is(err, transport.ErrExited) || !strings.Contains(err.Error(), "signal: killed") {
 			t.Errorf("err = %v, want ErrClosed naming the signal", err)
 		}
-		if took > time.Second {
-			t.Errorf("SendAndWait took %v after the kill, want under 1s", took)
+		// The child holding stdout lives an hour: anything near the
+		// drain window (250 ms) proves it did not matter; the slack is for
+		// a busy machine.
+		if took > 5*time.Second {
+			t.Errorf("SendAndWait took %v after the kill, want well under 5s", took)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("SendAndWait still waiting 10s after the runtime was killed")
 	}
 	select {
 	case <-c.Done():
-	case <-time.After(time.Second):
+	case <-time.After(5 * time.Second):
 		t.Error("client not done after the runtime died")
 	}
 	if err := c.Close(); err != nil {
