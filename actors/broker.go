@@ -41,10 +41,13 @@ type Options struct {
 	// credential. Zero: DefaultRequestTimeout.
 	RequestTimeout time.Duration
 	// MaxConcurrentCalls bounds the credential calls running at once,
-	// across all credentials; calls beyond it wait their turn, credential
-	// by credential, and no credential runs more than an eighth of them.
-	// A call's RefreshTimeout starts when it runs. Zero:
-	// DefaultMaxConcurrentCalls.
+	// across all credentials, to shape the storm of a cold start; calls
+	// beyond it wait their turn, credential by credential, and no
+	// credential runs more than an eighth of them. A call gives its slot
+	// back when it returns or after 250 ms, whichever is first: a hung
+	// identity endpoint keeps running its own calls, to their deadline,
+	// but not other tenants' out. A call's RefreshTimeout starts when it
+	// has a slot. Zero: DefaultMaxConcurrentCalls.
 	MaxConcurrentCalls int
 	// Clock and Rand replace the real clock and random draws in tests.
 	Clock tokens.Clock
@@ -114,7 +117,6 @@ func NewBroker(opts Options) *Broker {
 	if slots <= 0 {
 		slots = DefaultMaxConcurrentCalls
 	}
-	b.calls = newCallLimiter(slots)
 	if b.clock == nil {
 		b.clock = tokens.SystemClock()
 	}
@@ -129,6 +131,7 @@ func NewBroker(opts Options) *Broker {
 		b.mp = otel.GetMeterProvider()
 	}
 	b.tracer = b.tp.Tracer(tracing.InstrumentationName)
+	b.calls = newCallLimiter(slots, callLease, b.clock, func() { b.metrics.leaseExpired() })
 	b.metrics = newInstruments(b.mp.Meter(tracing.InstrumentationName), b)
 	b.requests = requestobs.New(b.tp, b.mp)
 	b.ctx, b.cancel = context.WithCancel(context.Background())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -32,6 +33,8 @@ const expiredWarnEvery = time.Minute
 // of the broker's call limit, bounds the call by RefreshTimeout from the
 // moment it has one (started is called then), and turns a panic, an
 // error, a timeout or an invalid token into the one message of its kind.
+// While it waits for a slot, p.slotWaiters counts it, so that a request
+// giving up meanwhile blames the limit, not the credential.
 // The call ends early when halt does.
 func (b *Broker) runSource(p *provider, c callSpec, halt context.Context, started func()) (tok tokens.Token, err error) {
 	trigger := c.trigger
@@ -58,18 +61,25 @@ func (b *Broker) runSource(p *provider, c callSpec, halt context.Context, starte
 	defer stop()
 
 	start := time.Now()
-	if err = b.calls.acquire(ctx, p); err == nil {
+	p.slotWaiters.Add(1)
+	slot, err := b.calls.acquire(ctx, p)
+	p.slotWaiters.Add(-1)
+	if err == nil {
 		if started != nil {
 			started()
 		}
 		callCtx, cancelCall := context.WithTimeout(ctx, b.policy.RefreshTimeout)
-		// The slot is free again when the call returns or its deadline
-		// passes: a Source that ignores its context must not keep it.
-		release := sync.OnceFunc(func() { b.calls.release(p) })
-		context.AfterFunc(callCtx, release)
+		// The call ends for the limiter when it returns or its deadline
+		// passes: a Source that ignores its context must not count as
+		// running.
+		stop := context.AfterFunc(callCtx, slot.release)
 		tok, err = callSafely(callCtx, p.src, p.request(c.session))
+		if sp, ok := err.(*sourcePanic); ok {
+			b.logPanic(p, sp)
+		}
 		err = b.callError(p, callCtx, tok, err)
-		release()
+		stop()
+		slot.release()
 		cancelCall()
 	} else {
 		err = b.closedError(p.closedWhat())
@@ -134,35 +144,65 @@ func (b *Broker) warnIfExpired(p *provider, tok tokens.Token) {
 	}
 }
 
-// callSafely runs the source and turns a panic into an error.
+// callSafely runs the source and turns a panic into a *sourcePanic.
 func callSafely(ctx context.Context, src tokens.Source, req tokens.Request) (tok tokens.Token, err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			err = fmt.Errorf("credential panicked: %s", panicSummary(v))
+			err = &sourcePanic{value: v, stack: debug.Stack()}
 		}
 	}()
 	return src.Token(ctx, req)
 }
 
-// panicSummary describes a panic without its value when that value is an
-// arbitrary string: it could hold anything, a secret included.
-func panicSummary(v any) string {
-	if e, ok := v.(error); ok {
-		return fmt.Sprintf("%T", e)
+// sourcePanic is a Source's panic. Its message, which reaches the runtime,
+// names only the panic value's type: the value could hold anything, a
+// secret included. The service's log gets the value, scrubbed, and the
+// stack (see logPanic).
+type sourcePanic struct {
+	value any
+	stack []byte
+}
+
+func (e *sourcePanic) Error() string {
+	if _, ok := e.value.(error); ok {
+		return fmt.Sprintf("credential panicked: %T", e.value)
 	}
-	return fmt.Sprintf("%T value", v)
+	return fmt.Sprintf("credential panicked: %T value", e.value)
+}
+
+// panicLogEvery rate-limits the log of a Source's panics: a Source that
+// panics on every call would otherwise log a stack per request.
+const panicLogEvery = time.Minute
+
+// logPanic logs a Source's panic with its value, scrubbed of the tokens p
+// served and of anything shaped like a secret, and its stack, at most once
+// a minute per provider.
+func (b *Broker) logPanic(p *provider, sp *sourcePanic) {
+	now := b.clock.Now()
+	st := p.served()
+	st.mu.Lock()
+	due := st.loggedPanic.IsZero() || now.Sub(st.loggedPanic) >= panicLogEvery
+	if due {
+		st.loggedPanic = now
+	}
+	st.mu.Unlock()
+	if due {
+		b.log.Error("tokenbroker: credential panicked", "provider", p.name,
+			"panic", p.scrub(fmt.Sprint(sp.value)), "stack", p.scrub(string(sp.stack)))
+	}
 }
 
 // servedTokens is what a provider remembers of the tokens it served: the
 // last few values, so that a Source quoting one in an error (the token it
 // is asked to replace, say) does not leak it through the broker's
-// messages, and when it last warned of an expired one. It is allocated
+// messages, and when it last warned of an expired one or logged a panic. It is allocated
 // with the first token: an idle session's providers carry a nil pointer.
 type servedTokens struct {
 	mu            sync.Mutex
 	values        [4]string
 	next          int
 	warnedExpired time.Time
+	loggedPanic   time.Time
 }
 
 func (p *provider) served() *servedTokens {

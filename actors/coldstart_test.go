@@ -7,8 +7,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -175,27 +177,145 @@ func coldStart(b *testing.B, limit, creds int) (int, float64) {
 	return fake.MaxInFlight(), float64(took[len(took)*99/100].Microseconds()) / 1000
 }
 
-// A Source that ignores its context holds its slot only until its
-// deadline: stuck calls cannot use up the limit.
-func TestStuckCallFreesItsSlotAtDeadline(t *testing.T) {
+// A Source that ignores its context holds its slot of the limit only for
+// the lease, and counts against its own credential's cap only until its
+// deadline: stuck calls use up neither.
+func TestStuckCallFreesItsSlot(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBroker(t, actors.Options{MaxConcurrentCalls: 1, RequestTimeout: time.Minute})
 		defer closeBroker(t, b)
 		release := make(chan struct{})
 		defer close(release) // before the broker closes
-		stuck := &fakeSource{fn: func(context.Context, int64, tokens.Request) (tokens.Token, error) {
-			<-release // ignores its context altogether
-			return tokens.Token{}, fmt.Errorf("late")
-		}}
+		var stuckCalls atomic.Int64
+		stuck := tokens.BareFunc(func(context.Context, tokens.Request) (string, error) {
+			if stuckCalls.Add(1) == 2 {
+				<-release // the second call ignores its context altogether
+			}
+			return "bare", nil
+		})
 		r := b.NewRouter()
 		open(t, r, "stuck", actors.Provider{Name: "p", Source: stuck})
 		open(t, r, "ok", actors.Provider{Name: "p", Source: lived("t", time.Hour)})
+		mustAcquire(t, r, "stuck", "p") // a bare token: one call per request from now on
 		go func() { _, _ = acquire(r, "stuck", "p") }()
 		synctest.Wait() // the stuck call holds the one slot
 		start := time.Now()
 		mustAcquire(t, r, "ok", "p")
-		if waited := time.Since(start); waited != b.Policy().RefreshTimeout {
-			t.Fatalf("the other credential waited %s for the slot, want the stuck call's deadline %s", waited, b.Policy().RefreshTimeout)
+		if waited := time.Since(start); waited != 250*time.Millisecond {
+			t.Fatalf("another credential waited %s for the slot, want the stuck call's lease, 250ms", waited)
+		}
+		// The stuck credential's own next call waits for its cap (one call
+		// with a limit of 1) until the stuck call's deadline.
+		start = time.Now()
+		mustAcquire(t, r, "stuck", "p")
+		if waited, want := time.Since(start)+250*time.Millisecond, b.Policy().RefreshTimeout; waited != want {
+			t.Fatalf("the stuck credential's next call ran after %s, want the stuck call's deadline %s", waited, want)
 		}
 	})
+}
+
+// 300 tenants whose identity endpoints hang, each asked once, then one
+// healthy tenant asked cold, default options: the hung calls give their
+// slots back after the lease, so the healthy tenant is served within a
+// couple of seconds instead of waiting for a hung call's deadline; each
+// hung tenant gets its own timeout. The lease expiries are counted.
+func TestHungTenantsDoNotStarveHealthyOne(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reader := sdkmetric.NewManualReader()
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		defer mp.Shutdown(context.Background())
+		b := newBroker(t, actors.Options{MeterProvider: mp})
+		defer closeBroker(t, b)
+		hang := &fakeSource{fn: func(ctx context.Context, _ int64, _ tokens.Request) (tokens.Token, error) {
+			<-ctx.Done()
+			return tokens.Token{}, ctx.Err()
+		}}
+		r := b.NewRouter()
+		const hung = 300
+		var wg sync.WaitGroup
+		errs := make([]error, hung)
+		for i := range hung {
+			id := fmt.Sprint("hung-", i)
+			open(t, r, id, actors.Provider{Name: "p", Source: credential(t, b, id, "", hang)})
+			wg.Go(func() { _, errs[i] = acquire(r, id, "p") })
+		}
+		synctest.Wait()
+		if w := gaugeValue(t, reader, tracing.MetricCallsWaiting); w != hung-actors.DefaultMaxConcurrentCalls {
+			t.Fatalf("%s = %d, want %d hung calls waiting for a slot", tracing.MetricCallsWaiting, w, hung-actors.DefaultMaxConcurrentCalls)
+		}
+		open(t, r, "healthy", actors.Provider{Name: "p", Source: credential(t, b, "healthy", "", lived("ok", time.Hour))})
+		start := time.Now()
+		g := mustAcquire(t, r, "healthy", "p")
+		waited := time.Since(start)
+		t.Logf("healthy tenant served after %s behind %d hung ones", waited, hung)
+		if waited > 2*time.Second || g.Outcome != actors.OutcomeRefreshed {
+			t.Fatalf("healthy tenant served after %s (%v), want within 2 s", waited, g.Outcome)
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if !errors.Is(err, actors.ErrTimeout) || !strings.Contains(err.Error(), "credential did not answer within 30s") {
+				t.Fatalf("hung tenant %d: %v, want its own timeout", i, err)
+			}
+		}
+		if n := counterValue(t, reader, tracing.MetricCallLeasesExpired); n != hung {
+			t.Fatalf("%s = %d, want %d", tracing.MetricCallLeasesExpired, n, hung)
+		}
+	})
+}
+
+// A request whose credential call is still waiting for a slot when the
+// request's deadline passes says so, rather than blaming its credential,
+// which was never asked.
+func TestSlotWaitTimeoutSaysSo(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBroker(t, actors.Options{MaxConcurrentCalls: 1, RequestTimeout: time.Second})
+		defer closeBroker(t, b)
+		hang := &fakeSource{fn: func(ctx context.Context, _ int64, _ tokens.Request) (tokens.Token, error) {
+			<-ctx.Done()
+			return tokens.Token{}, ctx.Err()
+		}}
+		r := b.NewRouter()
+		var wg sync.WaitGroup
+		for i := range 8 { // 8 leases of 250 ms ahead of the last one
+			id := fmt.Sprint("hung-", i)
+			open(t, r, id, actors.Provider{Name: "p", Source: credential(t, b, id, "", hang)})
+			wg.Go(func() { _, _ = acquire(r, id, "p") })
+		}
+		synctest.Wait()
+		healthy := lived("ok", time.Hour)
+		open(t, r, "late", actors.Provider{Name: "p", Source: healthy})
+		_, err := acquire(r, "late", "p")
+		want := `session "late": provider "p": waited 1s for a credential call slot: 1 call running`
+		if !errors.Is(err, actors.ErrNoCallSlot) || errors.Is(err, actors.ErrTimeout) || err.Error() != want {
+			t.Fatalf("err = %v, want %q", err, want)
+		}
+		if n := healthy.calls.Load(); n != 0 {
+			t.Fatalf("the waiting credential was called %d times", n)
+		}
+		// Its call stays queued; once admitted, the next request gets its token.
+		time.Sleep(2 * time.Second)
+		if _, err := acquire(r, "late", "p"); err != nil {
+			t.Fatalf("after the queue drained: %v", err)
+		}
+		wg.Wait()
+	})
+}
+
+func counterValue(t *testing.T, reader *sdkmetric.ManualReader, name string) int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if s, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == name {
+				for _, dp := range s.DataPoints {
+					n += dp.Value
+				}
+			}
+		}
+	}
+	return n
 }

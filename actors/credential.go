@@ -102,7 +102,7 @@ func (c *Credential) grant(ctx context.Context) (Grant, error) {
 	if tok, ok := c.p.cached(ctx, c.p.b.clock.Now()); ok {
 		return Grant{Token: tok, Outcome: OutcomeHit}, nil
 	}
-	return c.p.b.acquire(ctx, c.pid, &acquire{provider: c.p.name}, nil, c.done)
+	return c.p.b.acquire(ctx, c.p, c.pid, &acquire{provider: c.p.name}, nil, c.done)
 }
 
 // Invalidate drops the cached token: the next request refreshes. Use it when

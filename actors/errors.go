@@ -17,6 +17,7 @@ var (
 	ErrCredential      = errors.New("credential failed")
 	ErrInvalidToken    = errors.New("credential returned an invalid token")
 	ErrTimeout         = errors.New("token request timed out")
+	ErrNoCallSlot      = errors.New("no credential call slot free")
 	ErrBackoff         = errors.New("credential failing, waiting before the next try")
 	ErrClosed          = errors.New("closed")
 )
@@ -57,6 +58,13 @@ func unknownProvider(session, name string) error {
 // ended the wait (the call's RefreshTimeout or the request's own).
 func timedOut(d time.Duration, cause error) error {
 	return newError(ErrTimeout, cause, "timed out: credential did not answer within %s", roundDuration(d))
+}
+
+// slotTimeout: the request's deadline passed while its credential call was
+// still waiting for a slot of the broker's call limit; the credential was
+// never asked.
+func slotTimeout(waited time.Duration, busy string) error {
+	return newError(ErrNoCallSlot, nil, "waited %s for a credential call slot: %s", roundDuration(waited), busy)
 }
 
 // failed carries the credential's own message, already scrubbed.

@@ -2,29 +2,50 @@ package actors
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
-// DefaultMaxConcurrentCalls bounds the credential calls a broker runs at
-// once (Options.MaxConcurrentCalls).
+// DefaultMaxConcurrentCalls bounds the credential calls a broker starts
+// within one call lease (Options.MaxConcurrentCalls).
 const DefaultMaxConcurrentCalls = 64
 
-// callLimiter bounds the credential calls running at once, broker-wide. A
-// multi-tenant host that restarts resumes thousands of sessions on hundreds
-// of credentials at once; without it, every one of them calls its identity
-// endpoint in the same second.
+// callLease is how long a credential call holds its slot of the broker's
+// limit. Healthy identity endpoints answer well within it (managed
+// identity in tens of milliseconds, Entra ID in a few hundred); a call
+// still running after it is stuck or slow, and keeps running until its own
+// deadline without keeping other tenants' calls out. With 64 slots, calls
+// start at 256 per second at least however many hang: 300 hung tenants
+// delay a healthy one by about a second, once.
+const callLease = 250 * time.Millisecond
+
+// callLimiter shapes cold-start storms. A multi-tenant host that restarts
+// resumes thousands of sessions on hundreds of credentials at once;
+// without it, every one of them calls its identity endpoint in the same
+// second.
 //
-// It is fair across credentials: waiting calls queue per credential and
-// the credentials take turns at each free slot, and no credential runs
-// more than an eighth of the slots (only a source of bare tokens makes
-// more than one call at a time), so a slow or hung identity endpoint holds
-// a few slots at most while the others keep being served.
+// A call holds one of the broker-wide slots until it returns or its lease
+// ends, whichever is first. It is fair across credentials: waiting calls
+// queue per credential and the credentials take turns at each free slot,
+// and no credential runs more than an eighth of the slots' number of calls
+// (lease over or not: only a source of bare tokens makes more than one
+// call at a time), so a hung endpoint neither keeps slots from the others
+// nor piles up calls of its own.
 type callLimiter struct {
+	lease   time.Duration
+	clock   tokens.Clock
+	expired func() // a call's lease ended before the call did
+
+	slots int
+
 	mu       sync.Mutex
 	free     int
 	perOwner int
-	running  map[*provider]int
-	turns    []*callQueue // credentials with calls waiting, in turn order
+	running  map[*provider]int // calls running per credential, lease over or not
+	turns    []*callQueue      // credentials with calls waiting, in turn order
 	queues   map[*provider]*callQueue
 	waiting  int64
 }
@@ -39,8 +60,20 @@ type callWaiter struct {
 	granted bool          // under mu: the slot is this waiter's
 }
 
-func newCallLimiter(slots int) *callLimiter {
+// callSlot is a running call's admission: release it when the call ends.
+type callSlot struct {
+	l         *callLimiter
+	owner     *provider
+	holds     bool // under l.mu: the call still holds its slot
+	stopLease func() bool
+}
+
+func newCallLimiter(slots int, lease time.Duration, clock tokens.Clock, expired func()) *callLimiter {
 	return &callLimiter{
+		lease:    lease,
+		clock:    clock,
+		expired:  expired,
+		slots:    slots,
 		free:     slots,
 		perOwner: max(1, slots/8),
 		running:  map[*provider]int{},
@@ -49,8 +82,8 @@ func newCallLimiter(slots int) *callLimiter {
 }
 
 // acquire waits for a slot for a call of owner, or for ctx to end. On nil
-// the caller must release the slot.
-func (l *callLimiter) acquire(ctx context.Context, owner *provider) error {
+// error the caller must release the slot when the call ends.
+func (l *callLimiter) acquire(ctx context.Context, owner *provider) (*callSlot, error) {
 	w := &callWaiter{ready: make(chan struct{})}
 	l.mu.Lock()
 	q := l.queues[owner]
@@ -66,7 +99,9 @@ func (l *callLimiter) acquire(ctx context.Context, owner *provider) error {
 
 	select {
 	case <-w.ready:
-		return nil
+		s := &callSlot{l: l, owner: owner, holds: true}
+		s.stopLease = l.clock.AfterFunc(l.lease, s.leaseOver)
+		return s, nil
 	case <-ctx.Done():
 	}
 	l.mu.Lock()
@@ -75,18 +110,44 @@ func (l *callLimiter) acquire(ctx context.Context, owner *provider) error {
 		// Handed a slot as ctx ended: pass it on.
 		l.free++
 		l.done(owner)
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 	l.remove(q, w)
-	return ctx.Err()
+	return nil, ctx.Err()
 }
 
-// release frees owner's slot for the credential whose turn it is.
-func (l *callLimiter) release(owner *provider) {
+// leaseOver gives the slot of a call still running to the next waiter.
+func (s *callSlot) leaseOver() {
+	l := s.l
+	l.mu.Lock()
+	held := s.holds
+	if held {
+		s.holds = false
+		l.free++
+		l.dispatch()
+	}
+	l.mu.Unlock()
+	if held && l.expired != nil {
+		l.expired()
+	}
+}
+
+// release ends the call: its slot, if its lease has not ended, goes to the
+// credential whose turn it is. Safe to call more than once.
+func (s *callSlot) release() {
+	s.stopLease()
+	l := s.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.free++
-	l.done(owner)
+	if s.owner == nil {
+		return
+	}
+	if s.holds {
+		s.holds = false
+		l.free++
+	}
+	l.done(s.owner)
+	s.owner = nil
 }
 
 // done counts one call of owner less and hands out free slots. Called with
@@ -153,4 +214,22 @@ func (l *callLimiter) queued() int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.waiting
+}
+
+// busy says what keeps owner's call waiting: all slots held, or owner at
+// its cap (only a source of bare tokens makes several calls at once).
+func (l *callLimiter) busy(owner *provider) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := l.running[owner]; n >= l.perOwner {
+		return fmt.Sprintf("%s of this credential running, its share of the limit", plural(n, "call"))
+	}
+	return plural(l.slots-l.free, "call") + " running"
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

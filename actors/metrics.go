@@ -14,6 +14,7 @@ import (
 type instruments struct {
 	refreshes       metric.Int64Counter
 	refreshDuration metric.Float64Histogram
+	leasesExpired   metric.Int64Counter
 	gauges          metric.Registration
 }
 
@@ -25,6 +26,8 @@ func newInstruments(m metric.Meter, b *Broker) *instruments {
 		metric.WithDescription("Credential calls made to refresh a cached token, by reason and outcome."))
 	in.refreshDuration, _ = m.Float64Histogram(tracing.MetricRefreshDuration,
 		metric.WithDescription("Duration of credential calls."), metric.WithUnit("s"))
+	in.leasesExpired, _ = m.Int64Counter(tracing.MetricCallLeasesExpired,
+		metric.WithDescription("Credential calls still running when their slot of the broker's call limit was handed on (Options.MaxConcurrentCalls): slow or hung identity endpoints."))
 	sessions, _ := m.Int64ObservableUpDownCounter(tracing.MetricActiveSessions,
 		metric.WithDescription("Sessions whose token routing is open."))
 	providers, _ := m.Int64ObservableUpDownCounter(tracing.MetricActiveProviders,
@@ -44,6 +47,10 @@ func (in *instruments) refreshed(reason Reason, outcome string, seconds float64)
 	set := metric.WithAttributeSet(attribute.NewSet(tracing.RefreshReason.String(reason.String()), tracing.Outcome.String(outcome)))
 	in.refreshes.Add(context.Background(), 1, set)
 	in.refreshDuration.Record(context.Background(), seconds, set)
+}
+
+func (in *instruments) leaseExpired() {
+	in.leasesExpired.Add(context.Background(), 1)
 }
 
 func (in *instruments) close() {

@@ -32,6 +32,9 @@ type provider struct {
 	// the dropped token, whichever way its messages travel.
 	epoch  atomic.Uint64
 	closed atomic.Bool // a shared credential's Close: serve nothing more
+	// slotWaiters counts this provider's calls waiting for a slot of the
+	// broker's call limit.
+	slotWaiters atomic.Int32
 
 	servedState atomic.Pointer[servedTokens] // nil until the first token: see served
 }

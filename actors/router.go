@@ -162,7 +162,7 @@ func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error)
 	if c := rt.p.shared; c != nil {
 		credDone = c.done
 	}
-	g, err := r.b.acquire(ctx, s.pid, &acquire{session: s.id, provider: rt.name}, s.done, credDone)
+	g, err := r.b.acquire(ctx, rt.p, s.pid, &acquire{session: s.id, provider: rt.name}, s.done, credDone)
 	if err != nil {
 		// The provider actor knows its credential, not who asked for it.
 		prefix := fmt.Sprintf("session %q: provider %q: ", s.id, rt.name)
@@ -185,9 +185,10 @@ func (r *Router) Invalidate(sessionID, providerName string) error {
 	return nil
 }
 
-// acquire sends m to pid and waits for the answer, the deadline, or the
-// end of the session or credential (a nil channel never fires).
-func (b *Broker) acquire(ctx context.Context, pid *actor.PID, m *acquire, sessionDone, credDone <-chan struct{}) (Grant, error) {
+// acquire sends m to pid, the actor of p or of its session, and waits for
+// the answer, the deadline, or the end of the session or credential (a nil
+// channel never fires).
+func (b *Broker) acquire(ctx context.Context, p *provider, pid *actor.PID, m *acquire, sessionDone, credDone <-chan struct{}) (Grant, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
@@ -199,6 +200,9 @@ func (b *Broker) acquire(ctx context.Context, pid *actor.PID, m *acquire, sessio
 		return rep.grant, rep.err
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			if p.slotWaiters.Load() > 0 {
+				return Grant{}, slotTimeout(time.Since(start), b.calls.busy(p))
+			}
 			return Grant{}, timedOut(time.Since(start), nil)
 		}
 		return Grant{}, ctx.Err()

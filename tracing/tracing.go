@@ -66,12 +66,13 @@ const (
 
 // Metric names.
 const (
-	MetricRequests        = "tokenbroker.requests"         // counter: dialect, outcome
-	MetricRequestDuration = "tokenbroker.request.duration" // histogram, seconds: dialect, outcome
-	MetricRefreshes       = "tokenbroker.refreshes"        // counter: reason, outcome
-	MetricRefreshDuration = "tokenbroker.refresh.duration" // histogram, seconds: reason, outcome
-	MetricActiveSessions  = "tokenbroker.sessions.active"  // up-down counter
-	MetricActiveProviders = "tokenbroker.providers.active" // up-down counter
-	MetricCallsWaiting    = "tokenbroker.calls.waiting"    // up-down counter: credential calls waiting for the broker's call limit
-	MetricTokenRemaining  = "tokenbroker.token.remaining"  // histogram, seconds left on served tokens
+	MetricRequests          = "tokenbroker.requests"            // counter: dialect, outcome
+	MetricRequestDuration   = "tokenbroker.request.duration"    // histogram, seconds: dialect, outcome
+	MetricRefreshes         = "tokenbroker.refreshes"           // counter: reason, outcome
+	MetricRefreshDuration   = "tokenbroker.refresh.duration"    // histogram, seconds: reason, outcome
+	MetricActiveSessions    = "tokenbroker.sessions.active"     // up-down counter
+	MetricActiveProviders   = "tokenbroker.providers.active"    // up-down counter
+	MetricCallsWaiting      = "tokenbroker.calls.waiting"       // up-down counter: credential calls waiting for the broker's call limit
+	MetricCallLeasesExpired = "tokenbroker.calls.lease_expired" // counter: calls still running when their slot was handed on
+	MetricTokenRemaining    = "tokenbroker.token.remaining"     // histogram, seconds left on served tokens
 )
