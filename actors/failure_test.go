@@ -8,8 +8,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -82,7 +84,7 @@ func TestRetryScheduleHungCredential(t *testing.T) {
 				}
 				wg.Wait()
 				p := b.Policy()
-				nextTry := p.RefreshTimeout + p.Backoff(p.TimeoutFailures, 0.5) // 30 s + 12 s
+				nextTry := p.RefreshTimeout + p.TimeoutBackoff(p.TimeoutFailures, 0.5) // 30 s + 12 s
 				for i, answers := range turns {
 					if len(answers) != cliRequests {
 						t.Fatalf("session %d: %d answers, want %d errors", i, len(answers), cliRequests)
@@ -123,9 +125,11 @@ func TestRetryScheduleHungCredential(t *testing.T) {
 	}
 }
 
-// A credential that answers with an error: the first request gets it at
-// once, with the credential's own words; the retries get it at once too,
-// saying when the next try is (10 s + jitter later); one call.
+// A credential that answers with an error: every request gets it at once,
+// with the credential's own words. Failing fast costs nothing to retry, so
+// the back-off window is short (about 1 s, then a quarter to a half of how
+// long the credential has been failing): a retry that comes after it calls
+// the credential again, one inside it hears when the next try is.
 func TestRetryScheduleFailingCredential(t *testing.T) {
 	sharedOrNot(t, func(t *testing.T, shared bool) {
 		b := newBroker(t, actors.Options{})
@@ -141,19 +145,85 @@ func TestRetryScheduleFailingCredential(t *testing.T) {
 			want += `shared credential "p": `
 		}
 		want += "credential failed: identity endpoint answered 500 Internal Server Error"
-		nextTry := b.Policy().Backoff(1, 0.5) // 10.5 s
+		// The windows with draws of 0.5: 0.75 s after the calls at 0, 1
+		// and 2 s, 1.125 s after the one at 3 s; the request at 4 s falls
+		// inside it.
+		calls := []bool{true, true, true, true, false, true}
+		nextTry := 3*time.Second + 1125*time.Millisecond
 		for n, a := range answers {
 			wantMsg, kind := want, actors.ErrCredential
-			if n > 0 {
+			if !calls[n] {
 				kind = actors.ErrBackoff
-				wantMsg = fmt.Sprintf("%s; next try in %s (at %s)", want, roundSecond(nextTry-a.at), bubbleStart.Add(nextTry).Format("15:04:05 UTC"))
+				wantMsg = fmt.Sprintf("%s; next try in %s (at %s)", want, (nextTry - a.at).Round(10*time.Millisecond), bubbleStart.Add(nextTry).Format("15:04:05 UTC"))
+			} else if errors.Is(a.err, actors.ErrBackoff) {
+				t.Fatalf("request %d at +%s: %v, want a new call", n+1, a.at, a.err)
 			}
 			if a.waited != 0 || a.at != time.Duration(n)*cliPause || !errors.Is(a.err, kind) || !errors.Is(a.err, actors.ErrCredential) || a.err.Error() != wantMsg {
 				t.Fatalf("request %d at +%s: %v after %s, want at once %q", n+1, a.at, a.err, a.waited, wantMsg)
 			}
 		}
-		if len(answers) != cliRequests || src.calls.Load() != 1 {
-			t.Fatalf("%d answers, %d credential calls; want %d errors from 1 call", len(answers), src.calls.Load(), cliRequests)
+		if len(answers) != cliRequests || src.calls.Load() != 5 {
+			t.Fatalf("%d answers, %d credential calls; want %d errors from 5 calls", len(answers), src.calls.Load(), cliRequests)
+		}
+	})
+}
+
+// 50 tenants, each with a credential of its own, whose identity endpoint
+// fails fast from 1 s to 4 s, each asking every 500 ms: all are served
+// again by 6 s. (A hung endpoint keeps the back-off floor: see
+// TestRetryScheduleHungCredential.)
+func TestShortOutageEndsSoonAfterIt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBroker(t, actors.Options{Rand: lockedRand(7)})
+		defer closeBroker(t, b)
+		start := time.Now()
+		down := func() bool {
+			e := time.Since(start)
+			return e >= time.Second && e < 4*time.Second
+		}
+		r := b.NewRouter()
+		const tenants = 50
+		var failures atomic.Int64
+		for i := range tenants {
+			src := &fakeSource{fn: func(_ context.Context, n int64, _ tokens.Request) (tokens.Token, error) {
+				if down() {
+					failures.Add(1)
+					return tokens.Token{}, errors.New("identity endpoint answered 500")
+				}
+				// Short-lived tokens: each request after the first second
+				// needs a new one, so the outage reaches every tenant.
+				return tokens.Token{Value: value(fmt.Sprint("t", i), int(n)), ExpiresOn: time.Now().Add(61 * time.Second)}, nil
+			}}
+			open(t, r, fmt.Sprint("s", i), actors.Provider{Name: "p", Source: src})
+		}
+		// A 61 s token is below the 60 s floor one second later: every
+		// request calls the credential unless a back-off holds it.
+		served := make([]time.Duration, tenants) // the first success after a failure
+		var wg sync.WaitGroup
+		for i := range tenants {
+			wg.Go(func() {
+				time.Sleep(time.Duration(i) * 10 * time.Millisecond) // out of step
+				failed := false
+				for time.Since(start) < 8*time.Second {
+					_, err := acquire(r, fmt.Sprint("s", i), "p")
+					switch {
+					case err != nil:
+						failed = true
+					case failed && served[i] == 0:
+						served[i] = time.Since(start)
+					}
+					time.Sleep(500 * time.Millisecond)
+				}
+			})
+		}
+		wg.Wait()
+		if i := slices.Index(served, 0); i >= 0 {
+			t.Fatalf("tenant %d not served again by 8 s (%d failed credential calls in all)", i, failures.Load())
+		}
+		first, last := slices.Min(served), slices.Max(served)
+		t.Logf("outage from 1 s to 4 s: %d failed credential calls; tenants served again from %s to %s", failures.Load(), first, last)
+		if first < 4*time.Second || last > 6*time.Second {
+			t.Fatalf("tenants served again from %s to %s, want every one of them between 4 and 6 s", first, last)
 		}
 	})
 }

@@ -419,14 +419,18 @@ func TestRefreshErrorKeepsServingValidToken(t *testing.T) {
 	})
 }
 
-// backoffCalls is how many calls a failing credential gets in span when
-// every retry waits Backoff(failures, 0.5) after the previous call and the
-// first call is at 0.
-func backoffCalls(p tokens.Policy, span time.Duration) int {
+// backoffCalls is how many calls a credential failing fast gets in span
+// when the first call is at 0 and each retry is made at the first request
+// (one every step; 0: at once) after the window ErrorBackoff(failing for,
+// 0.5).
+func backoffCalls(p tokens.Policy, span, step time.Duration) int {
 	calls, at := 0, time.Duration(0)
 	for at < span {
 		calls++
-		at += p.Backoff(calls, 0.5)
+		at += p.ErrorBackoff(at, 0.5)
+		if step > 0 {
+			at = (at + step - 1) / step * step
+		}
 	}
 	return calls
 }
@@ -472,11 +476,11 @@ func TestBackoffCapsCallsDuringOutage(t *testing.T) {
 			}
 			wg.Wait()
 		}
-		want := backoffCalls(b.Policy(), span) // 0.5, 1, 2, 4, 8, 16, then 30 s apart
+		want := backoffCalls(b.Policy(), span, step) // 0.75 s apart, growing with the outage to 45 s
 		got := int(src.calls.Load())
 		t.Logf("%d requests, %d credential calls (back-off allows %d), %d back-off errors", requests.Load(), got, want, backoffErrs.Load())
 		if got > want || got < want-1 {
-			t.Fatalf("%d credential calls in %s of outage, want %d (back-off 1 s doubling to 60 s)", got, span, want)
+			t.Fatalf("%d credential calls in %s of outage, want %d (back-off following the outage, up to 60 s)", got, span, want)
 		}
 		if got > 30 {
 			t.Fatalf("%d credential calls for %d requests", got, requests.Load())
@@ -508,7 +512,7 @@ func TestBackoffCapsBackgroundRetries(t *testing.T) {
 			}
 		}
 		synctest.Wait()
-		want := backoffCalls(b.Policy(), outage)
+		want := backoffCalls(b.Policy(), outage, 0)
 		if got := int(outageCalls.Load()); got > want || got < want-1 {
 			t.Fatalf("%d background calls during a %s outage, want %d", got, outage, want)
 		}

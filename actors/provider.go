@@ -143,7 +143,8 @@ type (
 	// backoff is the last failure and when the credential may be tried
 	// again; requests meanwhile get the failure at once.
 	backoff struct {
-		failures int // consecutive; a timeout counts Policy.TimeoutFailures
+		failures int       // consecutive; a timeout counts Policy.TimeoutFailures
+		since    time.Time // the first of them
 		last     error
 		until    time.Time
 	}
@@ -164,14 +165,21 @@ func (k *backoff) active(now time.Time) bool {
 	return k.last != nil && now.Before(k.until)
 }
 
+// fail starts or extends the back-off. Its window depends on what failed
+// (see tokens.Policy): a timeout waits out the floor that covers a
+// runtime's retries, any other failure a window that follows the outage.
 func (k *backoff) fail(err error, p tokens.Policy, draw float64, now time.Time) {
-	if errors.Is(err, ErrTimeout) {
-		k.failures += p.TimeoutFailures
-	} else {
-		k.failures++
+	if k.last == nil {
+		k.since = now
 	}
 	k.last = err
-	k.until = now.Add(p.Backoff(k.failures, draw))
+	if errors.Is(err, ErrTimeout) {
+		k.failures += p.TimeoutFailures
+		k.until = now.Add(p.TimeoutBackoff(k.failures, draw))
+		return
+	}
+	k.failures++
+	k.until = now.Add(p.ErrorBackoff(now.Sub(k.since), draw))
 }
 
 // providerActor owns the credential's mutable state; all of it is touched

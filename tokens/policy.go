@@ -20,19 +20,30 @@ type Policy struct {
 	// refresh point moves earlier: min(JitterFraction*lead, MaxJitter).
 	JitterFraction float64
 	MaxJitter      time.Duration
-	// BackoffFloor is the shortest back-off window. It covers a runtime's
-	// retries of one request (the Copilot CLI sends 6 about 1 s apart), so
-	// they all get the failure at once instead of each starting a new call.
-	// Negative: no floor; never more than BackoffMax.
-	BackoffFloor time.Duration
-	// BackoffBase doubles after each consecutive failure; the window is
-	// drawn uniformly from [BackoffFloor, BackoffFloor + that] (full jitter
-	// above the floor) and never exceeds BackoffMax.
-	BackoffBase time.Duration
-	BackoffMax  time.Duration
-	// TimeoutFailures is how many consecutive failures a call that overran
-	// RefreshTimeout counts as: a hung identity endpoint is not fixed a
-	// second later, and each try costs a whole RefreshTimeout.
+	// After a failed call the credential is not called again for a
+	// back-off window; requests meanwhile get the failure at once. The
+	// window depends on what failed.
+	//
+	// A timeout (the call overran RefreshTimeout: a hung endpoint, and
+	// every retry costs a turn a whole RefreshTimeout) waits at least
+	// BackoffFloor, which covers a runtime's retries of one request (the
+	// Copilot CLI sends 6 about 1 s apart), so they all get the failure at
+	// once instead of each waiting out a new call. Above the floor, full
+	// jitter over a span that starts at BackoffBase and doubles with each
+	// consecutive failure, a timeout counting TimeoutFailures: see
+	// TimeoutBackoff.
+	//
+	// Any other failure costs nothing to retry, so the window follows the
+	// outage: between a quarter and a half of how long the credential has
+	// been failing, at least BackoffBase/2 and at most BackoffMax (see
+	// ErrorBackoff). A short outage ends for users at most half its length
+	// after it ends at the endpoint; a long one costs about one call a
+	// minute.
+	//
+	// A negative BackoffFloor means none; it is never more than BackoffMax.
+	BackoffFloor    time.Duration
+	BackoffBase     time.Duration
+	BackoffMax      time.Duration
 	TimeoutFailures int
 	// RefreshTimeout bounds one call to the Source, whoever is waiting.
 	RefreshTimeout time.Duration
@@ -164,11 +175,11 @@ func (p Policy) Servable(t Token, now time.Time) bool {
 	return !t.Bare() && now.Before(p.StaleAt(t))
 }
 
-// Backoff is how long to wait before retrying after the given number of
-// consecutive failures (1 for the first; a timeout counts TimeoutFailures),
-// for a draw r in [0, 1): uniform in [BackoffFloor, BackoffFloor +
+// TimeoutBackoff is the back-off window after a call that timed out, given
+// the consecutive failures so far (a timeout counts TimeoutFailures), for
+// a draw r in [0, 1): uniform in [BackoffFloor, BackoffFloor +
 // min(BackoffBase*2^(failures-1), BackoffMax-BackoffFloor)].
-func (p Policy) Backoff(failures int, r float64) time.Duration {
+func (p Policy) TimeoutBackoff(failures int, r float64) time.Duration {
 	if failures < 1 {
 		return 0
 	}
@@ -179,6 +190,15 @@ func (p Policy) Backoff(failures int, r float64) time.Duration {
 	}
 	span = min(span, room)
 	return p.BackoffFloor + time.Duration(r*float64(span))
+}
+
+// ErrorBackoff is the back-off window after a call that failed without
+// timing out, when the credential has been failing for failingFor (0 at
+// the first failure), for a draw r in [0, 1): uniform in [d/2, d] where d
+// is failingFor/2, at least BackoffBase and at most BackoffMax.
+func (p Policy) ErrorBackoff(failingFor time.Duration, r float64) time.Duration {
+	d := min(max(failingFor/2, p.BackoffBase), p.BackoffMax)
+	return d/2 + time.Duration(r*float64(d/2))
 }
 
 // Clock is the time a provider runs on. Tests inject a fake one, or run in

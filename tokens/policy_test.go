@@ -273,59 +273,59 @@ func TestFloor(t *testing.T) {
 	}
 }
 
-// The window after n failures: never below the 10 s floor (a runtime's
-// retries of one request all fall inside it), full jitter above it over a
-// span doubling from 1 s, never above 60 s.
-func TestBackoffWindows(t *testing.T) {
+// The window after n failures counting timeouts: never below the 10 s floor
+// (a runtime's retries of one request all fall inside it), full jitter
+// above it over a span doubling from 1 s, never above 60 s.
+func TestTimeoutBackoffWindows(t *testing.T) {
 	p := tokens.DefaultPolicy()
 	spans := []time.Duration{0, 1, 2, 4, 8, 16, 32, 50, 50, 50} // seconds above the floor
 	for failures := 1; failures < len(spans); failures++ {
 		span := spans[failures] * time.Second
-		if got := p.Backoff(failures, 0); got != p.BackoffFloor {
-			t.Errorf("Backoff(%d, 0) = %s, want the floor %s", failures, got, p.BackoffFloor)
+		if got := p.TimeoutBackoff(failures, 0); got != p.BackoffFloor {
+			t.Errorf("TimeoutBackoff(%d, 0) = %s, want the floor %s", failures, got, p.BackoffFloor)
 		}
-		if got := p.Backoff(failures, 0.5); got != p.BackoffFloor+span/2 {
-			t.Errorf("Backoff(%d, 0.5) = %s, want %s", failures, got, p.BackoffFloor+span/2)
+		if got := p.TimeoutBackoff(failures, 0.5); got != p.BackoffFloor+span/2 {
+			t.Errorf("TimeoutBackoff(%d, 0.5) = %s, want %s", failures, got, p.BackoffFloor+span/2)
 		}
-		if got := p.Backoff(failures, 0.9999999); got > p.BackoffFloor+span || got < p.BackoffFloor+span*99/100 {
-			t.Errorf("Backoff(%d, ~1) = %s, want just under %s", failures, got, p.BackoffFloor+span)
+		if got := p.TimeoutBackoff(failures, 0.9999999); got > p.BackoffFloor+span || got < p.BackoffFloor+span*99/100 {
+			t.Errorf("TimeoutBackoff(%d, ~1) = %s, want just under %s", failures, got, p.BackoffFloor+span)
 		}
 	}
 	// No overflow for a very long outage, and never past the ceiling.
 	for _, failures := range []int{63, 64, 1000, 1 << 30} {
-		if got := p.Backoff(failures, 0.9999999); got > p.BackoffMax || got < p.BackoffMax*99/100 {
-			t.Errorf("Backoff(%d, ~1) = %s, want just under %s", failures, got, p.BackoffMax)
+		if got := p.TimeoutBackoff(failures, 0.9999999); got > p.BackoffMax || got < p.BackoffMax*99/100 {
+			t.Errorf("TimeoutBackoff(%d, ~1) = %s, want just under %s", failures, got, p.BackoffMax)
 		}
 	}
-	if got := p.Backoff(-3, 0.5); got != 0 {
-		t.Errorf("Backoff(-3) = %s, want 0", got)
+	if got := p.TimeoutBackoff(-3, 0.5); got != 0 {
+		t.Errorf("TimeoutBackoff(-3) = %s, want 0", got)
 	}
 	// A timeout starts where three errors would have left the window.
-	if got, want := p.Backoff(p.TimeoutFailures, 0.5), p.Backoff(3, 0.5); got != want || p.TimeoutFailures < 1 {
+	if got, want := p.TimeoutBackoff(p.TimeoutFailures, 0.5), p.TimeoutBackoff(3, 0.5); got != want || p.TimeoutFailures < 1 {
 		t.Errorf("after one timeout: %s, want %s", got, want)
 	}
 	// A negative floor is none: plain full jitter.
 	none := tokens.Policy{BackoffFloor: -1}.Normalize()
-	if got := none.Backoff(1, 0); got != 0 {
+	if got := none.TimeoutBackoff(1, 0); got != 0 {
 		t.Errorf("no floor: Backoff(1, 0) = %s", got)
 	}
 	// A floor above the ceiling is the ceiling.
 	small := tokens.Policy{BackoffBase: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond}.Normalize()
-	if small.BackoffFloor != 100*time.Millisecond || small.Backoff(7, 0.9) != 100*time.Millisecond {
-		t.Errorf("floor %s, Backoff %s with a 100 ms ceiling", small.BackoffFloor, small.Backoff(7, 0.9))
+	if small.BackoffFloor != 100*time.Millisecond || small.TimeoutBackoff(7, 0.9) != 100*time.Millisecond {
+		t.Errorf("floor %s, Backoff %s with a 100 ms ceiling", small.BackoffFloor, small.TimeoutBackoff(7, 0.9))
 	}
 }
 
-func TestBackoffFullJitterAboveFloor(t *testing.T) {
+func TestTimeoutBackoffFullJitterAboveFloor(t *testing.T) {
 	p := tokens.DefaultPolicy()
 	rng := rand.New(rand.NewPCG(3, 4))
 	for failures := 1; failures <= 8; failures++ {
 		span := min(time.Second<<(failures-1), p.BackoffMax-p.BackoffFloor)
 		var below, above int
 		for range 1000 {
-			d := p.Backoff(failures, rng.Float64())
+			d := p.TimeoutBackoff(failures, rng.Float64())
 			if d < p.BackoffFloor || d > p.BackoffFloor+span {
-				t.Fatalf("Backoff(%d) = %s outside [%s, %s]", failures, d, p.BackoffFloor, p.BackoffFloor+span)
+				t.Fatalf("TimeoutBackoff(%d) = %s outside [%s, %s]", failures, d, p.BackoffFloor, p.BackoffFloor+span)
 			}
 			if d < p.BackoffFloor+span/2 {
 				below++
@@ -336,6 +336,80 @@ func TestBackoffFullJitterAboveFloor(t *testing.T) {
 		if below < 400 || above < 400 {
 			t.Fatalf("failures %d: %d draws below the middle of the window, %d above: not uniform", failures, below, above)
 		}
+	}
+}
+
+// After a fast failure the window follows the outage: about 1 s at first,
+// then between a quarter and a half of how long the credential has been
+// failing, never more than 60 s.
+func TestErrorBackoffWindows(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	for _, c := range []struct {
+		failingFor time.Duration
+		d          time.Duration // the window is [d/2, d]
+	}{
+		{0, time.Second},
+		{time.Second, time.Second},
+		{2 * time.Second, time.Second},
+		{3 * time.Second, 1500 * time.Millisecond},
+		{10 * time.Second, 5 * time.Second},
+		{100 * time.Second, 50 * time.Second},
+		{10 * time.Minute, time.Minute},
+		{1 << 62, time.Minute},
+	} {
+		if got := p.ErrorBackoff(c.failingFor, 0); got != c.d/2 {
+			t.Errorf("ErrorBackoff(%s, 0) = %s, want %s", c.failingFor, got, c.d/2)
+		}
+		if got := p.ErrorBackoff(c.failingFor, 0.9999999); got > c.d || got < c.d*99/100 {
+			t.Errorf("ErrorBackoff(%s, ~1) = %s, want just under %s", c.failingFor, got, c.d)
+		}
+	}
+	// The floor is for timeouts only.
+	if got := p.ErrorBackoff(0, 0.5); got >= p.BackoffFloor {
+		t.Errorf("first fast failure waits %s, as long as a timeout's floor", got)
+	}
+}
+
+// What the schedule costs, driven call by call with random draws: an
+// outage from 1 s to 4 s, the credential asked every 500 ms, is over for
+// its users by 6 s; a 10 min outage costs about one call a minute once it
+// has lasted a few minutes.
+func TestErrorBackoffFollowsTheOutage(t *testing.T) {
+	p := tokens.DefaultPolicy()
+	rng := rand.New(rand.NewPCG(5, 6))
+	// run asks every 500 ms from start, failing before up; it returns when
+	// the first success came and the calls made before up.
+	run := func(start, up time.Duration) (served time.Duration, calls int) {
+		var since time.Duration = -1
+		var until time.Duration
+		for at := start; ; at += 500 * time.Millisecond {
+			if at < until {
+				continue // inside the window: the failure is repeated, no call
+			}
+			if at >= up {
+				return at, calls
+			}
+			calls++
+			if since < 0 {
+				since = at
+			}
+			until = at + p.ErrorBackoff(at-since, rng.Float64())
+		}
+	}
+	for i := range 1000 {
+		offset := time.Duration(i%50) * 10 * time.Millisecond // 50 tenants asking out of step
+		if served, _ := run(time.Second+offset, 4*time.Second); served > 6*time.Second {
+			t.Fatalf("tenant %d served again at %s after an outage from 1 s to 4 s, want by 6 s", i%50, served)
+		}
+	}
+	_, calls := run(0, 10*time.Minute)
+	if calls > 25 {
+		t.Fatalf("%d calls during a 10 min outage, want about one a minute after the first minutes", calls)
+	}
+	_, longer := run(0, 20*time.Minute)
+	t.Logf("%d calls in the first 10 min of an outage, %d in 20 min", calls, longer)
+	if perMin := float64(longer-calls) / 10; perMin < 0.9 || perMin > 2.1 {
+		t.Fatalf("%.1f calls a minute in the second 10 min of an outage, want about 1", perMin)
 	}
 }
 
@@ -355,8 +429,8 @@ func TestNormalize(t *testing.T) {
 	if big.BackoffMax != 2*time.Minute {
 		t.Fatalf("BackoffMax = %s with a 2 min base", big.BackoffMax)
 	}
-	if got := big.Backoff(5, 0.5); got != 65*time.Second {
-		t.Fatalf("Backoff with 2 min base = %s, want 10s + 110s/2", got)
+	if got := big.TimeoutBackoff(5, 0.5); got != 65*time.Second {
+		t.Fatalf("TimeoutBackoff with 2 min base = %s, want 10s + 110s/2", got)
 	}
 	custom := tokens.Policy{HalfLifeFrom: time.Hour, MinLead: time.Minute}.Normalize()
 	if got := custom.Lead(tok(time.Hour), t0); got != 30*time.Minute {
