@@ -99,8 +99,8 @@ func (c *Credential) BearerToken(sessionID, providerName string) (string, error)
 
 // grant serves from the snapshot when it can, else asks the actor.
 func (c *Credential) grant(ctx context.Context) (Grant, error) {
-	if tok, ok := c.p.cached(ctx, c.p.b.clock.Now()); ok {
-		return Grant{Token: tok, Outcome: OutcomeHit}, nil
+	if g, ok := c.p.cached(ctx, c.p.b.clock.Now()); ok {
+		return g, nil
 	}
 	return c.p.b.acquire(ctx, c.p, c.pid, &acquire{provider: c.p.name}, nil, c.done)
 }

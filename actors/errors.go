@@ -18,6 +18,7 @@ var (
 	ErrInvalidToken    = errors.New("credential returned an invalid token")
 	ErrTimeout         = errors.New("token request timed out")
 	ErrNoCallSlot      = errors.New("no credential call slot free")
+	ErrRejectedAgain   = errors.New("the model provider rejected a freshly fetched token too")
 	ErrBackoff         = errors.New("credential failing, waiting before the next try")
 	ErrClosed          = errors.New("closed")
 )
@@ -65,6 +66,12 @@ func timedOut(d time.Duration, cause error) error {
 // never asked.
 func slotTimeout(waited time.Duration, busy string) error {
 	return newError(ErrNoCallSlot, nil, "waited %s for a credential call slot: %s", roundDuration(waited), busy)
+}
+
+// rejectedAgain: the model provider rejected a token fetched to replace
+// one it had rejected.
+func rejectedAgain(age time.Duration) error {
+	return newError(ErrRejectedAgain, nil, "rejected again with a token fetched %s ago: the provider refuses this identity; check its role assignment", roundDuration(age))
 }
 
 // failed carries the credential's own message, already scrubbed.

@@ -41,14 +41,16 @@ const (
 	ReasonInvalidated               // cache dropped by Invalidate
 	ReasonRetry                     // background retry after a failure
 	ReasonBare                      // single-use token
+	ReasonRejected                  // cache dropped because the model provider rejected the token
 )
 
 func (r Reason) String() string {
-	return [...]string{"cold", "proactive", "expired", "invalidated", "retry", "bare"}[r]
+	return [...]string{"cold", "proactive", "expired", "invalidated", "retry", "bare", "rejected"}[r]
 }
 
 // Grant is a served token and how it was served.
 type Grant struct {
 	Token   tokens.Token
 	Outcome Outcome
+	gen     uint64 // which of its provider's tokens: see Router.Rejected; 0 for a bare one
 }

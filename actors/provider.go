@@ -30,8 +30,12 @@ type provider struct {
 	// neither the hot path nor the actor serves a token fetched in an
 	// earlier epoch: no request that starts after Invalidate returns gets
 	// the dropped token, whichever way its messages travel.
-	epoch  atomic.Uint64
-	closed atomic.Bool // a shared credential's Close: serve nothing more
+	epoch atomic.Uint64
+	// rejectedEpoch is the epoch that Router.Rejected started by dropping a
+	// rejected token: a token fetched in it replaces a rejected one.
+	rejectedEpoch atomic.Uint64
+	gens          atomic.Uint64 // tokens fetched, numbering them for Grant.gen
+	closed        atomic.Bool   // a shared credential's Close: serve nothing more
 	// slotWaiters counts this provider's calls waiting for a slot of the
 	// broker's call limit.
 	slotWaiters atomic.Int32
@@ -42,26 +46,56 @@ type provider struct {
 // snapshot is what the actor publishes for lock-free cache hits.
 type snapshot struct {
 	tok       tokens.Token
+	gen       uint64
+	obtained  time.Time
 	refreshAt time.Time
 	staleAt   time.Time
 	epoch     uint64
 	self      *actor.PID
 	nudged    atomic.Bool // a background refresh was asked for
+	// replacesRejected: fetched because the model provider rejected the
+	// token before it. If it is rejected too, a fresh token will not help.
+	replacesRejected bool
 }
 
 // cached serves a token without a message when the snapshot allows it, and
 // asks the actor for a background refresh once the refresh point passed;
 // that refresh's span links to the span in trigger.
-func (p *provider) cached(trigger context.Context, now time.Time) (tokens.Token, bool) {
+func (p *provider) cached(trigger context.Context, now time.Time) (Grant, bool) {
 	s := p.snap.Load()
 	if s == nil || !now.Before(s.staleAt) || s.epoch != p.epoch.Load() {
-		return tokens.Token{}, false
+		return Grant{}, false
 	}
 	p.touch(now)
 	if !now.Before(s.refreshAt) && s.nudged.CompareAndSwap(false, true) {
 		p.b.root.Send(s.self, refreshDue{link: trace.SpanContextFromContext(trigger)})
 	}
-	return s.tok, true
+	return Grant{Token: s.tok, Outcome: OutcomeHit, gen: s.gen}, true
+}
+
+// afterRejection reports whether epoch began with Router.Rejected dropping
+// a token (epochs start at 0, and the first drop makes 1).
+func (p *provider) afterRejection(epoch uint64) bool {
+	return epoch != 0 && epoch == p.rejectedEpoch.Load()
+}
+
+// rejected drops the cached token numbered gen, which the model provider
+// rejected, so that the next request fetches a fresh one; see
+// Router.Rejected. Of many reports of one token, one drops it. A token
+// fetched to replace a rejected one is not dropped: the provider refuses
+// the identity, not the token, and each drop would cost an identity call.
+func (p *provider) rejected(gen uint64, now time.Time) error {
+	s := p.snap.Load()
+	if gen == 0 || s == nil || s.gen != gen || s.epoch != p.epoch.Load() {
+		return nil // bare, or no longer cached: the next request gets another token
+	}
+	if s.replacesRejected {
+		return rejectedAgain(now.Sub(s.obtained))
+	}
+	if p.snap.CompareAndSwap(s, nil) {
+		p.rejectedEpoch.Store(p.epoch.Add(1))
+	}
+	return nil
 }
 
 // touch records use; it skips the store when the last one is recent so that
@@ -126,6 +160,7 @@ type (
 	// fetched in lasts.
 	cachedToken struct {
 		tok         tokens.Token
+		gen         uint64 // numbers the tokens fetched: see Router.Rejected
 		obtained    time.Time
 		refreshAt   time.Time
 		valid       bool // tok holds a fetched token (perhaps below the floor by now)
@@ -276,7 +311,7 @@ func (a *providerActor) onAcquire(ctx actor.Context, m *acquire, now time.Time) 
 		m.reply <- reply{err: p.b.closedError(p.closedWhat())}
 		return
 	case a.cache.servable(policy, now):
-		m.reply <- reply{grant: Grant{Token: a.cache.tok, Outcome: OutcomeHit}}
+		m.reply <- reply{grant: Grant{Token: a.cache.tok, Outcome: OutcomeHit, gen: a.cache.gen}}
 		if a.call.id == 0 && !now.Before(a.cache.refreshAt) && !a.backoff.active(now) {
 			a.startCall(ctx, ReasonProactive, m.ctx, true)
 		}
@@ -296,6 +331,8 @@ func (a *providerActor) onAcquire(ctx actor.Context, m *acquire, now time.Time) 
 	switch {
 	case a.backoff.last != nil:
 		reason = ReasonRetry
+	case a.cache.invalidated && a.p.afterRejection(a.epoch):
+		reason = ReasonRejected
 	case a.cache.invalidated:
 		reason = ReasonInvalidated
 	case a.cache.valid:
@@ -404,8 +441,15 @@ func (a *providerActor) onCallDone(ctx actor.Context, m *callDone, now time.Time
 		return
 	}
 	refreshAt := b.policy.RefreshAt(m.tok, now, b.rand())
-	a.cache = cachedToken{tok: m.tok, obtained: now, refreshAt: refreshAt, valid: true}
-	a.p.snap.Store(&snapshot{tok: m.tok, refreshAt: refreshAt, staleAt: b.policy.StaleAt(m.tok), epoch: a.epoch, self: ctx.Self()})
+	gen := a.p.gens.Add(1)
+	// The first token since a rejection dropped the cache replaces the
+	// rejected one; later ones are refreshed on schedule.
+	replaces := a.cache.invalidated && a.p.afterRejection(a.epoch)
+	a.cache = cachedToken{tok: m.tok, gen: gen, obtained: now, refreshAt: refreshAt, valid: true}
+	a.p.snap.Store(&snapshot{
+		tok: m.tok, gen: gen, obtained: now, refreshAt: refreshAt, staleAt: b.policy.StaleAt(m.tok), epoch: a.epoch, self: ctx.Self(),
+		replacesRejected: replaces,
+	})
 	// A freshly fetched token goes to its waiters even below the floor:
 	// nothing fresher exists.
 	for i, w := range a.call.waiters {
@@ -413,7 +457,7 @@ func (a *providerActor) onCallDone(ctx actor.Context, m *callDone, now time.Time
 		if i == 0 {
 			outcome = OutcomeRefreshed
 		}
-		w <- reply{grant: Grant{Token: m.tok, Outcome: outcome}}
+		w <- reply{grant: Grant{Token: m.tok, Outcome: outcome, gen: gen}}
 	}
 	a.call.waiters = a.call.waiters[:0]
 	a.schedule(ctx, refreshAt.Sub(now))

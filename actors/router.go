@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -40,7 +41,7 @@ func (r *Router) Open(sessionID string, providers []Provider) error {
 	if sessionID == "" {
 		return errors.New("tokenbroker: Open: empty session id")
 	}
-	s := &session{id: sessionID, routes: make([]route, 0, len(providers)), done: make(chan struct{})}
+	s := &session{id: sessionID, routes: make([]route, 0, len(providers)), served: make([]atomic.Uint64, len(providers)), done: make(chan struct{})}
 	for _, pv := range providers {
 		if pv.Name == "" || pv.Source == nil {
 			return fmt.Errorf("tokenbroker: Open %q: provider needs a name and a Source", sessionID)
@@ -48,7 +49,7 @@ func (r *Router) Open(sessionID string, providers []Provider) error {
 		if s.route(pv.Name) != nil {
 			return fmt.Errorf("tokenbroker: Open %q: provider %q declared twice", sessionID, pv.Name)
 		}
-		rt := route{name: pv.Name, scope: pv.Scope}
+		rt := route{name: pv.Name, scope: pv.Scope, index: len(s.routes)}
 		if c, ok := pv.Source.(*Credential); ok {
 			if c.p.b != r.b {
 				return fmt.Errorf("tokenbroker: Open %q: %s belongs to another broker", sessionID, c)
@@ -155,8 +156,9 @@ func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error)
 	if err != nil {
 		return Grant{}, err
 	}
-	if tok, ok := rt.p.cached(ctx, r.b.clock.Now()); ok {
-		return Grant{Token: tok, Outcome: OutcomeHit}, nil
+	if g, ok := rt.p.cached(ctx, r.b.clock.Now()); ok {
+		s.noteServed(rt, g)
+		return g, nil
 	}
 	var credDone <-chan struct{}
 	if c := rt.p.shared; c != nil {
@@ -171,6 +173,7 @@ func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error)
 		}
 		return g, &contextError{prefix: prefix, err: err}
 	}
+	s.noteServed(rt, g)
 	return g, nil
 }
 
@@ -182,6 +185,33 @@ func (r *Router) Invalidate(sessionID, providerName string) error {
 		return err
 	}
 	rt.p.invalidate()
+	return nil
+}
+
+// Rejected reports that the model provider rejected the token last served
+// to a session's provider (it answered 401, and the runtime's own retries
+// with the same token failed too). If that token is still cached, it is
+// dropped so that the next request fetches a fresh one: a token revoked or
+// rotated early heals by itself. However many sessions report one token,
+// it is dropped once.
+//
+// A token fetched to replace a rejected one is not dropped: a provider
+// that refuses the identity (a missing role assignment, say) rejects every
+// token, and dropping each would cost the identity endpoint one call per
+// failed turn, for every tenant sharing it. Rejected then returns an error
+// matching ErrRejectedAgain that says so.
+func (r *Router) Rejected(sessionID, providerName string) error {
+	s, rt, err := r.lookup(tokens.Request{SessionID: sessionID, ProviderName: providerName})
+	if err != nil {
+		return err
+	}
+	if err := rt.p.rejected(s.served[rt.index].Load(), r.b.clock.Now()); err != nil {
+		prefix := fmt.Sprintf("session %q: provider %q: ", s.id, rt.name)
+		if c := rt.p.shared; c != nil {
+			prefix += fmt.Sprintf("shared credential %q: ", c.Name())
+		}
+		return &contextError{prefix: prefix, err: err}
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package actors
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/asynkron/protoactor-go/actor"
 )
@@ -11,6 +12,7 @@ import (
 type session struct {
 	id     string
 	routes []route
+	served []atomic.Uint64 // by route: the token last served (Grant.gen), for Router.Rejected
 	pid    *actor.PID
 	done   chan struct{} // closed when the session closes: its waiters give up
 	once   sync.Once
@@ -19,6 +21,7 @@ type session struct {
 type route struct {
 	name  string
 	scope string
+	index int // in session.routes
 	p     *provider
 }
 
@@ -37,6 +40,14 @@ func (s *session) route(name string) *route {
 		return &s.routes[i]
 	}
 	return nil
+}
+
+// noteServed remembers which token rt's provider last served s, storing
+// only on a change: the hot path reads a cache line it rarely writes.
+func (s *session) noteServed(rt *route, g Grant) {
+	if s.served[rt.index].Load() != g.gen {
+		s.served[rt.index].Store(g.gen)
+	}
 }
 
 func (s *session) close(root *actor.RootContext) {

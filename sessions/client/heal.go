@@ -6,13 +6,19 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/sessions"
 )
 
 // ErrTokenRejected: a turn failed because the model provider rejected the
 // token tokenbroker served (it answered 401 to every retry). The client has
-// invalidated the session's cached tokens; errors.As to *SessionError still
-// gives the runtime's own report.
+// reported it (actors.Router.Rejected): the token is dropped and the next
+// turn fetches a fresh one, unless the rejected token was itself fetched to
+// replace a rejected one; then the error also matches
+// actors.ErrRejectedAgain, nothing is dropped, and the fault is the
+// provider's refusal of the identity (its role assignment, say), which a
+// fresh token cannot fix. errors.As to *SessionError still gives the
+// runtime's own report.
 var ErrTokenRejected = errors.New("client: the model provider rejected the token tokenbroker served")
 
 // errorTypeAuthentication is the session.error type of a turn whose model
@@ -44,13 +50,15 @@ func endpoints(cfg sessions.SessionConfig) []endpoint {
 }
 
 // heal acts on a turn that failed because the provider rejected our token:
-// it invalidates the tokens of the session's providers that this side
-// serves (a shared credential's too), so the next turn fetches a fresh one
-// instead of the cached, rejected one, and returns ev with an error saying
-// so. The runtime's message names the endpoint that answered 401; when it
-// is one with a static key, nothing of ours was rejected. Any other event
-// is returned as is. It runs on the connection's read loop;
-// Router.Invalidate does not block.
+// it reports the rejection to the Router for each of the session's
+// providers that this side serves (see actors.Router.Rejected), so the
+// next turn fetches a fresh token instead of the cached, rejected one,
+// and returns ev with an error saying so. When the rejected token was
+// itself fresh, fetched to replace a rejected one, nothing is dropped and
+// the error says the provider refuses the identity. The runtime's message
+// names the endpoint that answered 401; when it is one with a static key,
+// nothing of ours was rejected. Any other event is returned as is. It runs
+// on the connection's read loop; Router.Rejected does not block.
 func (s *Session) heal(ev Event) Event {
 	if ev.Type != EventSessionError {
 		return ev
@@ -69,17 +77,27 @@ func (s *Session) heal(ev Event) Event {
 	if len(named) > 0 {
 		suspects = named
 	}
-	var invalidated []string
+	var healed []string
+	var refused []error
 	for _, e := range suspects {
-		if e.ours && s.c.router.Invalidate(s.id, e.name) == nil { // fails only once the session is closed
-			invalidated = append(invalidated, e.name)
+		if !e.ours {
+			continue
 		}
+		switch err := s.c.router.Rejected(s.id, e.name); {
+		case err == nil:
+			healed = append(healed, e.name)
+		case errors.Is(err, actors.ErrRejectedAgain):
+			refused = append(refused, err)
+		}
+		// Any other error: the session is closed, nothing to heal.
 	}
-	if len(invalidated) == 0 {
-		return ev
+	switch {
+	case len(refused) > 0:
+		ev.err = fmt.Errorf("%w: %w: %w", ErrTokenRejected, errors.Join(refused...), se)
+	case len(healed) > 0:
+		ev.err = fmt.Errorf("%w (%s of session %s); it was invalidated and the next turn fetches a fresh one: %w",
+			ErrTokenRejected, providerList(healed), s.id, se)
 	}
-	ev.err = fmt.Errorf("%w (%s of session %s); it was invalidated and the next turn fetches a fresh one: %w",
-		ErrTokenRejected, providerList(invalidated), s.id, se)
 	return ev
 }
 

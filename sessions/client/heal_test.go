@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/sessions"
 	"github.com/tokenbroker/tokenbroker/sessions/client"
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
@@ -126,4 +127,67 @@ func TestStaticKeyRejectionDoesNotHeal(t *testing.T) {
 	if n := calls.Load(); n != 1 {
 		t.Errorf("mi's source called %d times, want 1: its token was invalidated for another provider's 401", n)
 	}
+}
+
+// One tenant's deployment refuses the host identity (a missing role
+// assignment: every token gets 401); three other tenants use the same
+// shared credential against a deployment that accepts it. Over 8 rounds of
+// turns the misconfigured tenant costs the shared identity one extra call,
+// not one per failed turn; the healthy tenants' turns all succeed; from
+// its second turn on, the misconfigured tenant's error says that a fresh
+// token was rejected too.
+func TestRefusedIdentityDoesNotAmplify(t *testing.T) {
+	srv := newSimServer(t, runtimesim.Options{Dialect: runtimesim.GetToken}, fakemodel.Options{})
+	refusing, err := fakemodel.Start(fakemodel.Options{RequireToken: func(string) bool { return false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = refusing.Close() })
+	b := simBroker(t)
+	c := connectTo(t, b, srv)
+	var calls atomic.Int64
+	cred, err := b.NewCredential("host-mi", "", tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) {
+		return tokens.Token{Value: fmt.Sprintf("mi-%d", calls.Add(1)), ExpiresOn: time.Now().Add(time.Hour)}, nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(baseURL string) *client.Session {
+		s, err := c.CreateSession(ctxT(t), sessions.SessionConfig{
+			Model:    "gpt-4o",
+			Provider: &sessions.ProviderConfig{Type: "openai", BaseURL: baseURL, BearerTokenSource: cred},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	bad := open(refusing.URL())
+	healthy := []*client.Session{open(srv.Model.URL()), open(srv.Model.URL()), open(srv.Model.URL())}
+	for round := range 8 {
+		for i, s := range healthy {
+			if _, err := s.SendAndWait(ctxT(t), "hi"); err != nil {
+				t.Fatalf("round %d: healthy tenant %d: %v", round, i, err)
+			}
+		}
+		_, err := bad.SendAndWait(ctxT(t), "hi")
+		if !errors.Is(err, client.ErrTokenRejected) {
+			t.Fatalf("round %d: misconfigured tenant: %v, want ErrTokenRejected", round, err)
+		}
+		again := errors.Is(err, actors.ErrRejectedAgain)
+		if round == 0 && (again || !strings.Contains(err.Error(), "invalidated")) {
+			t.Fatalf("round 0: %v, want the first rejection to drop the token", err)
+		}
+		if round > 0 && (!again || !strings.Contains(err.Error(), "rejected again with a token fetched") ||
+			!strings.Contains(err.Error(), "check its role assignment")) {
+			t.Fatalf("round %d: %v, want it to say the fresh token was rejected too", round, err)
+		}
+		if round == 7 {
+			t.Logf("round %d: %v", round, err)
+		}
+	}
+	if n := calls.Load(); n > 3 {
+		t.Fatalf("%d calls of the shared identity for 8 rounds, want at most 3", n)
+	}
+	t.Logf("shared identity called %d times for 32 turns, 8 of them rejected", calls.Load())
 }
