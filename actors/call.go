@@ -164,10 +164,11 @@ type sourcePanic struct {
 }
 
 func (e *sourcePanic) Error() string {
+	what := fmt.Sprintf("%T value", e.value)
 	if _, ok := e.value.(error); ok {
-		return fmt.Sprintf("credential panicked: %T", e.value)
+		what = fmt.Sprintf("%T", e.value)
 	}
-	return fmt.Sprintf("credential panicked: %T value", e.value)
+	return "credential panicked: " + what + " (its value and stack are in the service's log)"
 }
 
 // panicLogEvery rate-limits the log of a Source's panics: a Source that

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"sync/atomic"
 
@@ -32,14 +33,14 @@ type Credential struct {
 // NewCredential starts a shared credential named name (the ProviderName its
 // Source is asked with) for scope.
 func (b *Broker) NewCredential(name, scope string, src tokens.Source) (*Credential, error) {
-	if src == nil {
-		return nil, errors.New("tokenbroker: NewCredential: nil Source")
+	if nilSource(src) {
+		return nil, fmt.Errorf("tokenbroker: NewCredential %q: %w: its Source is nil", name, ErrNoCredential)
 	}
 	if _, nested := src.(*Credential); nested {
 		return nil, errors.New("tokenbroker: NewCredential: a Credential cannot wrap another")
 	}
 	if r, ok := src.(tokens.ScopeRequirer); ok && r.RequiresScope() && scope == "" {
-		return nil, fmt.Errorf("tokenbroker: NewCredential %q: its Source needs a scope", name)
+		return nil, fmt.Errorf("tokenbroker: NewCredential %q: %w", name, tokens.ErrScopeRequired)
 	}
 	c := &Credential{done: make(chan struct{})}
 	c.p = &provider{b: b, name: name, scope: scope, src: src, shared: c}
@@ -51,6 +52,20 @@ func (b *Broker) NewCredential(name, scope string, src tokens.Source) (*Credenti
 	c.pid = b.spawn(newProviderProps(c.p))
 	b.creds[c] = struct{}{}
 	return c, nil
+}
+
+// nilSource reports a Source that can only panic: nil, or a nil value of a
+// func, pointer or other nillable type in a non-nil interface (a var
+// declared as tokens.Func and never set).
+func nilSource(src tokens.Source) bool {
+	if src == nil {
+		return true
+	}
+	switch v := reflect.ValueOf(src); v.Kind() {
+	case reflect.Func, reflect.Pointer, reflect.Map, reflect.Chan, reflect.Slice, reflect.Interface:
+		return v.IsNil()
+	}
+	return false
 }
 
 // Name and Scope are the credential's identity.

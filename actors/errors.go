@@ -14,6 +14,7 @@ var (
 	ErrUnknownProvider = errors.New("no bearer-token provider registered")
 	ErrSessionExists   = errors.New("session already registered")
 	ErrScopeMismatch   = errors.New("scope not configured for provider")
+	ErrNoCredential    = errors.New("no credential")
 	ErrCredential      = errors.New("credential failed")
 	ErrInvalidToken    = errors.New("credential returned an invalid token")
 	ErrTimeout         = errors.New("token request timed out")

@@ -43,8 +43,11 @@ func (r *Router) Open(sessionID string, providers []Provider) error {
 	}
 	s := &session{id: sessionID, routes: make([]route, 0, len(providers)), served: make([]atomic.Uint64, len(providers)), done: make(chan struct{})}
 	for _, pv := range providers {
-		if pv.Name == "" || pv.Source == nil {
-			return fmt.Errorf("tokenbroker: Open %q: provider needs a name and a Source", sessionID)
+		if pv.Name == "" {
+			return fmt.Errorf("tokenbroker: Open %q: a provider has no name", sessionID)
+		}
+		if nilSource(pv.Source) {
+			return fmt.Errorf("tokenbroker: Open %q: provider %q: %w: its Source is nil", sessionID, pv.Name, ErrNoCredential)
 		}
 		if s.route(pv.Name) != nil {
 			return fmt.Errorf("tokenbroker: Open %q: provider %q declared twice", sessionID, pv.Name)
@@ -55,7 +58,7 @@ func (r *Router) Open(sessionID string, providers []Provider) error {
 				return fmt.Errorf("tokenbroker: Open %q: %s belongs to another broker", sessionID, c)
 			}
 			if pv.Scope != "" && pv.Scope != c.p.scope {
-				return fmt.Errorf("tokenbroker: Open %q: provider %q scope %q differs from %s scope %q", sessionID, pv.Name, pv.Scope, c, c.p.scope)
+				return fmt.Errorf("tokenbroker: Open %q: provider %q: %w: scope %q differs from %s scope %q", sessionID, pv.Name, ErrScopeMismatch, pv.Scope, c, c.p.scope)
 			}
 			if c.closed() {
 				return fmt.Errorf("tokenbroker: Open %q: %w", sessionID, closedError(c.String()))

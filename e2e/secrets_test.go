@@ -135,7 +135,8 @@ func hardUseful(t *testing.T, a hardAnswer, code int64, session, provider string
 
 // A careless credential puts secrets in its errors and panics, or hands
 // out a token with the scheme still on it. None of it reaches the runtime
-// or the telemetry; the errors still say what went wrong and where.
+// or the telemetry; the errors still say what went wrong and where, and
+// the service's log has a panic's value, secrets cut out, and its stack.
 func TestSecretsCarelessCredential(t *testing.T) {
 	hardLeakCheck(t)
 	w := newHardWorld(t, actors.Options{RequestTimeout: 10 * time.Second})
@@ -144,6 +145,7 @@ func TestSecretsCarelessCredential(t *testing.T) {
 	w.remember("jwt", jwt)
 	bearer := w.secret("opaque-")
 	panicValue := w.secret("panic-")
+	w.remember("jwt in a panic", "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9."+panicValue+".c2ln")
 	prefixed := w.secret("prefixed-")
 	src := func(f func() (tokens.Token, error)) tokens.Source {
 		return tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) { return f() })
@@ -155,8 +157,10 @@ func TestSecretsCarelessCredential(t *testing.T) {
 		actors.Provider{Name: "bearer-in-error", Source: src(func() (tokens.Token, error) {
 			return tokens.Token{}, errors.New("upstream rejected Authorization: Bearer " + bearer)
 		})},
-		actors.Provider{Name: "panics", Source: src(func() (tokens.Token, error) { panic("holding " + panicValue) })},
-		actors.Provider{Name: "panics-error", Source: src(func() (tokens.Token, error) { panic(errors.New("holding " + panicValue)) })},
+		actors.Provider{Name: "panics", Source: src(func() (tokens.Token, error) {
+			panic("holding eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9." + panicValue + ".c2ln")
+		})},
+		actors.Provider{Name: "panics-error", Source: src(func() (tokens.Token, error) { panic(errors.New("holding access_token=" + panicValue)) })},
 		actors.Provider{Name: "prefixed", Source: src(func() (tokens.Token, error) {
 			return tokens.Token{Value: "Bearer " + prefixed, ExpiresOn: time.Now().Add(time.Hour)}, nil
 		})},
@@ -167,6 +171,11 @@ func TestSecretsCarelessCredential(t *testing.T) {
 	hardUseful(t, rt.ask(ctx, transport.MethodGetToken, "careless", "panics"), transport.CodeCredential, "careless", "panics", "panicked")
 	hardUseful(t, rt.ask(ctx, transport.MethodGetToken, "careless", "panics-error"), transport.CodeCredential, "careless", "panics-error", "panicked")
 	hardUseful(t, rt.ask(ctx, transport.MethodAcquire, "careless", "prefixed"), transport.CodeInvalidToken, "careless", "prefixed", "Bearer")
+	for _, want := range []string{"holding " + tokens.Redacted, "holding access_token=" + tokens.Redacted, "secrets_test.go"} {
+		if !strings.Contains(w.cap.Logs(), want) {
+			t.Errorf("the service's log does not show the panic (%q)", want)
+		}
+	}
 	w.assertNoSecrets()
 }
 

@@ -145,13 +145,16 @@ func mergeJSON(v any, extra map[string]any, edit func(map[string]any)) ([]byte, 
 }
 
 // Configuration mistakes WireParams, Open and the runtime client refuse
-// before anything is sent; the error wrapping one names the provider.
-// Each names the field at fault.
+// before anything is sent; the error wrapping one names the provider and
+// the field at fault. ErrNoCredential and ErrScopeRequired are the values
+// actors and tokens use for the same mistakes (a nil Source, a Credential
+// without the scope its Source needs), so one errors.Is test covers every
+// way in.
 var (
-	ErrNoCredential    = errors.New("provider has neither a BearerTokenSource nor an APIKey or BearerToken")
+	ErrNoCredential    = actors.ErrNoCredential
 	ErrScopeNoSource   = errors.New("BearerTokenScope is set but BearerTokenSource is nil")
 	ErrTwoCredentials  = errors.New("BearerTokenSource is set together with APIKey or BearerToken")
-	ErrScopeRequired   = errors.New("BearerTokenSource needs a BearerTokenScope")
+	ErrScopeRequired   = tokens.ErrScopeRequired
 	ErrProviderAndList = errors.New("Provider cannot be combined with Providers or Models (the runtime rejects it)")
 )
 
@@ -237,7 +240,7 @@ func WireParams(cfg SessionConfig) (Params, error) {
 // none, so the scope is written once, on the credential, and still reaches
 // the wire.
 func (p ProviderConfig) withCredentialScope() ProviderConfig {
-	if cred, ok := p.BearerTokenSource.(*actors.Credential); ok && p.BearerTokenScope == "" {
+	if cred, ok := p.BearerTokenSource.(*actors.Credential); ok && cred != nil && p.BearerTokenScope == "" {
 		p.BearerTokenScope = cred.Scope()
 	}
 	return p
@@ -251,12 +254,12 @@ func (p *ProviderConfig) check() error {
 	case p.BearerTokenSource == nil && p.BearerTokenScope != "":
 		return ErrScopeNoSource
 	case p.BearerTokenSource == nil && !static:
-		return ErrNoCredential
+		return fmt.Errorf("%w: set BearerTokenSource, APIKey or BearerToken", ErrNoCredential)
 	case p.BearerTokenSource != nil && static:
 		return ErrTwoCredentials
 	}
 	if r, ok := p.BearerTokenSource.(tokens.ScopeRequirer); ok && r.RequiresScope() && p.BearerTokenScope == "" {
-		return ErrScopeRequired
+		return fmt.Errorf("%w: set BearerTokenScope", ErrScopeRequired)
 	}
 	return nil
 }

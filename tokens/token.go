@@ -113,7 +113,12 @@ func Static(t Token) Source {
 
 // ScopeRequirer is implemented by a Source that cannot issue a token without
 // a scope (azidentity credentials need one). Configuration code refuses such
-// a Source without a scope when the session opens, not at its first turn.
+// a Source without a scope, with an error matching ErrScopeRequired, when
+// the session opens or the credential is made, not at its first turn.
 type ScopeRequirer interface {
 	RequiresScope() bool
 }
+
+// ErrScopeRequired: a Source that needs a scope (see ScopeRequirer) was
+// configured or asked without one.
+var ErrScopeRequired = errors.New("tokens: the Source needs a scope")

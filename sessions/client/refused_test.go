@@ -63,6 +63,8 @@ func TestRefusedConfigurations(t *testing.T) {
 		{"Provider and Models", sessions.SessionConfig{Provider: &ok, Models: named(ok).Models}, sessions.ErrProviderAndList},
 		{"azuresource without a scope", whole(sessions.ProviderConfig{BaseURL: url, BearerTokenSource: azure}), sessions.ErrScopeRequired},
 		{"named azuresource without a scope", named(sessions.ProviderConfig{BaseURL: url, BearerTokenSource: azure}), sessions.ErrScopeRequired},
+		{"a nil tokens.Func", whole(sessions.ProviderConfig{BaseURL: url, BearerTokenSource: tokens.Func(nil)}), sessions.ErrNoCredential},
+		{"a nil *actors.Credential", named(sessions.ProviderConfig{BaseURL: url, BearerTokenSource: (*actors.Credential)(nil)}), sessions.ErrNoCredential},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.SessionID = "refused"
@@ -80,9 +82,13 @@ func TestRefusedConfigurations(t *testing.T) {
 			}
 		})
 	}
-	// A shared Credential cannot be built without the scope its source needs.
-	if _, err := b.NewCredential("mi", "", azure); err == nil {
-		t.Error("NewCredential accepted an azuresource without a scope")
+	// A shared Credential cannot be built without the scope its source
+	// needs, nor from a nil source; the sentinels are the same ones.
+	if _, err := b.NewCredential("mi", "", azure); !errors.Is(err, sessions.ErrScopeRequired) || !errors.Is(err, azuresource.ErrNoScope) {
+		t.Errorf("NewCredential of an azuresource without a scope: %v", err)
+	}
+	if _, err := b.NewCredential("mi", "s", tokens.BareFunc(nil)); !errors.Is(err, sessions.ErrNoCredential) {
+		t.Errorf("NewCredential of a nil BareFunc: %v", err)
 	}
 
 	st := srv.Stats()

@@ -42,9 +42,12 @@ import (
 	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
-// ErrNoScope is returned for a request without a scope: azidentity needs
-// one, and none is ever invented.
-var ErrNoScope = errors.New(`azuresource: the provider has no BearerTokenScope (for Azure AI Foundry and Azure OpenAI use "https://cognitiveservices.azure.com/.default")`)
+// ErrNoScope is tokens.ErrScopeRequired: azidentity issues no token
+// without a scope. A request without one is refused before azidentity is
+// called.
+var ErrNoScope = tokens.ErrScopeRequired
+
+var errNoScope = fmt.Errorf(`azuresource: %w: the provider has no BearerTokenScope (for Azure AI Foundry and Azure OpenAI use "https://cognitiveservices.azure.com/.default")`, ErrNoScope)
 
 // Option configures New.
 type Option func(*source)
@@ -109,7 +112,7 @@ func New(cred azcore.TokenCredential, opts ...Option) tokens.Source {
 // Token implements tokens.Source.
 func (s *source) Token(ctx context.Context, req tokens.Request) (tokens.Token, error) {
 	if req.Scope == "" {
-		return tokens.Token{}, ErrNoScope
+		return tokens.Token{}, errNoScope
 	}
 	if s.retry != nil {
 		ctx = policy.WithRetryOptions(ctx, *s.retry)

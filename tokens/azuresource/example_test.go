@@ -84,5 +84,5 @@ func Example() {
 	// Output:
 	// scope on the wire: https://cognitiveservices.azure.com/.default
 	// identity endpoint requests: 1 distinct tokens: 1
-	// sessions: provider "default": BearerTokenSource needs a BearerTokenScope
+	// sessions: provider "default": tokens: the Source needs a scope: set BearerTokenScope
 }
