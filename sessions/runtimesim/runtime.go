@@ -22,31 +22,33 @@ import (
 // one the Copilot CLI 1.0.102 reports.
 const ProtocolVersion = 3
 
-// Dialect selects which token request the simulator sends (see PROTOCOL.md).
+// Dialect selects which token request the simulator sends (see
+// docs/PROTOCOL.md). The zero value is GetToken, the real CLI's.
 type Dialect int
 
 const (
-	// Acquire sends providerToken.acquire {sessionId, providerName, scope},
-	// honours bearerTokenProvider, and caches a result that carries
-	// expiresOnTimestamp until RefreshBefore ahead of it.
-	Acquire Dialect = iota
 	// GetToken sends providerToken.getToken {providerName, sessionId} before
 	// every HTTP attempt, honours hasBearerTokenProvider, caches nothing and
 	// accepts only {"token": "<non-empty string>"}, like Copilot CLI 1.0.102.
-	GetToken
+	GetToken Dialect = iota
+	// Acquire sends providerToken.acquire {sessionId, providerName, scope},
+	// honours bearerTokenProvider, and caches a result that carries
+	// expiresOnTimestamp until 30 s before it.
+	Acquire
 )
 
-// DefaultDialect is the dialect the programs (cmd/runtimesim, cmd/tokenload)
-// use unless told otherwise: the real CLI's, in which every model request
-// asks for a token, so the client's cache does the work.
+// DefaultDialect is the zero Dialect, the one Options{} and the programs
+// (cmd/runtimesim, cmd/tokenload) play unless told otherwise: the real
+// CLI's, in which every model request asks for a token, so the client's
+// cache does the work.
 const DefaultDialect = GetToken
 
 // String returns the name used by the -dialect flag.
 func (d Dialect) String() string {
-	if d == GetToken {
-		return "getToken"
+	if d == Acquire {
+		return "acquire"
 	}
-	return "acquire"
+	return "getToken"
 }
 
 // ParseDialect parses "acquire" or "getToken".
@@ -57,18 +59,18 @@ func ParseDialect(s string) (Dialect, error) {
 	case "getToken":
 		return GetToken, nil
 	}
-	return 0, fmt.Errorf("runtimesim: unknown dialect %q (want acquire or getToken)", s)
+	return DefaultDialect, fmt.Errorf("runtimesim: unknown dialect %q (want acquire or getToken)", s)
 }
 
 func (d Dialect) method() string {
-	if d == GetToken {
-		return "providerToken.getToken"
+	if d == Acquire {
+		return "providerToken.acquire"
 	}
-	return "providerToken.acquire"
+	return "providerToken.getToken"
 }
 
-// Options configures a Runtime. The zero value simulates the acquire dialect
-// with fast-test defaults.
+// Options configures a Runtime. The zero value plays DefaultDialect with
+// fast-test defaults.
 type Options struct {
 	Dialect Dialect
 	// HTTPClient calls the model providers. Default: a client with its own

@@ -47,6 +47,21 @@ func TestConnectAndPing(t *testing.T) {
 	}
 }
 
+// The zero Options play DefaultDialect, the real CLI's: getToken requests,
+// honouring hasBearerTokenProvider only.
+func TestZeroOptionsPlayDefaultDialect(t *testing.T) {
+	model := fake(t, fakemodel.Options{})
+	c := connect(t, New(Options{}), tokenN)
+	c.call("session.create", wholeSessionParams("s", map[string]any{"baseUrl": model.URL(), "hasBearerTokenProvider": true}))
+	if texts, sErr := c.send("s", "p"); len(texts) != 1 || sErr != nil {
+		t.Fatalf("turn: %q %v", texts, sErr)
+	}
+	calls := c.tokenCalls()
+	if DefaultDialect != GetToken || len(calls) != 1 || calls[0].method != "providerToken.getToken" {
+		t.Fatalf("zero Options sent %+v, want one providerToken.getToken (DefaultDialect %s)", calls, DefaultDialect)
+	}
+}
+
 func TestGetTokenTurn(t *testing.T) {
 	model := fake(t, fakemodel.Options{})
 	rt := New(Options{Dialect: GetToken})
