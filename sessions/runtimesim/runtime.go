@@ -18,9 +18,18 @@ import (
 	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
-// ProtocolVersion is the protocol version reported by connect and ping, the
+// protocolVersion is the protocol version reported by connect and ping, the
 // one the Copilot CLI 1.0.102 reports.
-const ProtocolVersion = 3
+const protocolVersion = 3
+
+// What a 401 and a 429/5xx/transport error from a model are retried with, and
+// how long before its expiry a cached acquire token is refetched. 1.0.102
+// retries a 401 twice (three attempts) and a 5xx five times with back-off.
+const (
+	authRetries   = 2
+	serverRetries = 2
+	refreshBefore = 30 * time.Second
+)
 
 // Dialect selects which token request the simulator sends (see
 // docs/PROTOCOL.md). The zero value is GetToken, the real CLI's.
@@ -77,9 +86,6 @@ type Options struct {
 	// transport that dials loopback addresses only and ignores proxy
 	// environment variables, with a 60 s timeout.
 	HTTPClient *http.Client
-	// RefreshBefore (acquire dialect): a cached token is reused until this
-	// long before its expiresOnTimestamp. Default 30 s.
-	RefreshBefore time.Duration
 	// TokenTimeout bounds each token request. The real CLI waits forever; a
 	// simulator that did would hang tests. A timeout counts as a failed
 	// request (retried per TokenRetries). Default 60 s.
@@ -88,15 +94,6 @@ type Options struct {
 	// timeout) is retried before the turn ends with session.error. The real
 	// CLI retries 5 times about 1 s apart. Default 0, for fast tests.
 	TokenRetries int
-	// AuthRetries is how often a 401 from the model is retried, each time
-	// with a freshly requested token. 0 means the default, 2 (what 1.0.102
-	// was seen to do: three attempts, then errorType "authentication");
-	// negative means no retry.
-	AuthRetries int
-	// ServerRetries is how often a 429, a 5xx or a transport error from the
-	// model is retried, asking for a token each time. 0 means the default, 2
-	// (the real CLI does 5 with back-off); negative means no retry.
-	ServerRetries int
 	// RetryDelay is the pause before every retry. Default 0.
 	RetryDelay time.Duration
 	// TurnRequests is the number of model exchanges per turn, each a model
@@ -127,7 +124,6 @@ type Stats struct {
 
 // TokenRequest records one token request sent to the client.
 type TokenRequest struct {
-	Time         time.Time
 	Method       string // providerToken.acquire or providerToken.getToken
 	SessionID    string
 	ProviderName string
@@ -144,16 +140,12 @@ type TokenRequest struct {
 
 // ModelRequest records one HTTP request sent to a provider.
 type ModelRequest struct {
-	Time         time.Time
 	SessionID    string
 	ProviderName string
-	URL          string
-	Model        string
 	// Fingerprint identifies the credential sent (token, bearerToken or
 	// apiKey); "" when the request carried none.
 	Fingerprint string
-	Status      int    // 0 when no response arrived
-	Err         string // transport error, if any
+	Status      int // 0 when no response arrived
 }
 
 // maxRecords bounds each record log so a long load run does not grow without
@@ -176,14 +168,9 @@ type Runtime struct {
 
 // New returns a Runtime with opts' defaults filled in.
 func New(opts Options) *Runtime {
-	if opts.RefreshBefore == 0 {
-		opts.RefreshBefore = 30 * time.Second
-	}
 	if opts.TokenTimeout == 0 {
 		opts.TokenTimeout = 60 * time.Second
 	}
-	opts.AuthRetries = retriesOrDefault(opts.AuthRetries, 2)
-	opts.ServerRetries = retriesOrDefault(opts.ServerRetries, 2)
 	if opts.TurnRequests <= 0 {
 		opts.TurnRequests = 1
 	}
@@ -196,16 +183,6 @@ func New(opts Options) *Runtime {
 		client = loopbackClient()
 	}
 	return &Runtime{opts: opts, log: log, client: client}
-}
-
-func retriesOrDefault(n, def int) int {
-	switch {
-	case n == 0:
-		return def
-	case n < 0:
-		return 0
-	}
-	return n
 }
 
 // loopbackClient refuses to dial anything but loopback addresses, so a

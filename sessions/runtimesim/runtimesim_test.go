@@ -122,7 +122,7 @@ func TestGetTokenTurn(t *testing.T) {
 		t.Fatalf("token requests = %+v", calls)
 	}
 	reqs := model.Requests()
-	if len(reqs) != 1 || reqs[0].Authorization != "Bearer tok-1" || reqs[0].Model != "gpt-4o" || reqs[0].Prompt != "hi" {
+	if len(reqs) != 1 || reqs[0].Authorization != "Bearer tok-1" || reqs[0].Path != "/openai/v1/chat/completions" || reqs[0].Model != "gpt-4o" || reqs[0].Prompt != "hi" {
 		t.Fatalf("model requests = %v", reqs)
 	}
 	st := rt.Stats()
@@ -133,7 +133,7 @@ func TestGetTokenTurn(t *testing.T) {
 	if tr.SessionID != "s1" || tr.ProviderName != "default" || tr.Fingerprint != fingerprint("tok-1") || tr.Err != "" {
 		t.Fatalf("token record = %+v", tr)
 	}
-	if mr := rt.ModelRequests()[0]; mr.Status != 200 || mr.Fingerprint != fingerprint("tok-1") || mr.URL != model.URL()+"/chat/completions" {
+	if mr := rt.ModelRequests()[0]; mr.Status != 200 || mr.Fingerprint != fingerprint("tok-1") || mr.SessionID != "s1" || mr.ProviderName != "default" {
 		t.Fatalf("model record = %+v", mr)
 	}
 	var destroyed struct{ Success bool }
@@ -339,7 +339,7 @@ func TestAcquireRefetches(t *testing.T) {
 		name string
 		ttl  time.Duration
 	}{
-		{"inside RefreshBefore", 10 * time.Second},
+		{"inside refreshBefore", 10 * time.Second},
 		{"already expired", -time.Minute},
 		{"bare token", 0},
 	}

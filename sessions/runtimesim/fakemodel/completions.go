@@ -19,16 +19,11 @@ type chatRequest struct {
 	StreamOptions *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
-	Tools []struct {
-		Function struct {
-			Name string `json:"name"`
-		} `json:"function"`
-	} `json:"tools"`
 }
 
 func (b *chatRequest) request() Request {
 	req := Request{Model: b.Model, Stream: b.Stream}
-	req.IncludeUsage = b.StreamOptions != nil && b.StreamOptions.IncludeUsage
+	req.includeUsage = b.StreamOptions != nil && b.StreamOptions.IncludeUsage
 	for _, m := range b.Messages {
 		switch m.Role {
 		case "user":
@@ -36,9 +31,6 @@ func (b *chatRequest) request() Request {
 		case "tool":
 			req.ToolResults = append(req.ToolResults, ToolResult{CallID: m.ToolCallID, Content: contentText(m.Content)})
 		}
-	}
-	for _, t := range b.Tools {
-		req.Tools = append(req.Tools, t.Function.Name)
 	}
 	return req
 }
@@ -92,7 +84,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 			"id": id, "object": "chat.completion.chunk", "created": created, "model": req.Model,
 			"choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}},
 		}
-		if req.IncludeUsage {
+		if req.includeUsage {
 			c["usage"] = nil // OpenAI sends null usage on every chunk but the last
 		}
 		sse.data(c)
@@ -109,7 +101,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 			"function": map[string]any{"arguments": c.Arguments}}}}, nil)
 	}
 	chunk(map[string]any{}, finish)
-	if req.IncludeUsage {
+	if req.includeUsage {
 		sse.data(map[string]any{
 			"id": id, "object": "chat.completion.chunk", "created": created, "model": req.Model,
 			"choices": []any{}, "usage": usage,

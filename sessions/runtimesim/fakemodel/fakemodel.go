@@ -54,7 +54,7 @@ type Response struct {
 type ToolCall struct {
 	// ID links the call to its result; "" gets a unique "call_fake<n>".
 	ID string
-	// Name is the tool's name as the runtime offered it (see Request.Tools).
+	// Name is a tool the runtime offers, e.g. "bash" or "view".
 	Name string
 	// Arguments is the JSON object of arguments, e.g. {"command":"env"}.
 	Arguments string

@@ -4,25 +4,18 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
 // Request is one recorded HTTP request.
 type Request struct {
-	Time   time.Time
-	Method string
-	Path   string
-	Model  string
+	Path  string
+	Model string
 	// Prompt is the text of the last user message (chat completions) or the
 	// input (responses).
 	Prompt string
 	Stream bool
-	// IncludeUsage reports stream_options.include_usage.
-	IncludeUsage bool
-	// Tools are the names of the tools the request offers the model.
-	Tools []string
 	// ToolResults are the tool outputs the request carries (chat "tool"
 	// messages, responses "function_call_output" items): the whole
 	// conversation's, oldest first. They are what a tool printed, so a
@@ -38,6 +31,9 @@ type Request struct {
 	APIKey string
 	// Status is the HTTP status the server answered (0 while Respond runs).
 	Status int
+
+	method       string // the HTTP method: anything but POST is answered 405
+	includeUsage bool   // stream_options.include_usage
 }
 
 // BearerToken returns the token of a "Bearer <token>" Authorization header,
@@ -65,7 +61,7 @@ func (r Request) authSummary() string {
 // String formats the request with a token fingerprint in place of the token.
 func (r Request) String() string {
 	return fmt.Sprintf("%s %s model=%q stream=%t auth=%s status=%d",
-		r.Method, r.Path, r.Model, r.Stream, r.authSummary(), r.Status)
+		r.method, r.Path, r.Model, r.Stream, r.authSummary(), r.Status)
 }
 
 // GoString keeps %#v from dumping the secret fields.
@@ -74,7 +70,7 @@ func (r Request) GoString() string { return "fakemodel.Request{" + r.String() + 
 // LogValue implements slog.LogValuer without the secret fields.
 func (r Request) LogValue() slog.Value {
 	return slog.GroupValue(
-		slog.String("method", r.Method),
+		slog.String("method", r.method),
 		slog.String("path", r.Path),
 		slog.String("model", r.Model),
 		slog.Bool("stream", r.Stream),

@@ -12,17 +12,11 @@ type responsesRequest struct {
 	Model  string          `json:"model"`
 	Stream bool            `json:"stream"`
 	Input  json.RawMessage `json:"input"`
-	Tools  []struct {
-		Name string `json:"name"`
-	} `json:"tools"`
 }
 
 func (b *responsesRequest) request() Request {
 	req := Request{Model: b.Model, Stream: b.Stream}
 	req.Prompt, req.ToolResults = inputText(b.Input)
-	for _, t := range b.Tools {
-		req.Tools = append(req.Tools, t.Name)
-	}
 	return req
 }
 

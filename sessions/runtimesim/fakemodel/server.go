@@ -11,9 +11,9 @@ import (
 	"time"
 )
 
-// DefaultPathPrefix is the path under which the endpoints are served when
+// defaultPathPrefix is the path under which the endpoints are served when
 // Options.PathPrefix is empty (the shape of an Azure AI Foundry v1 base URL).
-const DefaultPathPrefix = "/openai/v1"
+const defaultPathPrefix = "/openai/v1"
 
 // maxBody bounds what one request may upload; real CLI bodies are ~50 KB.
 const maxBody = 8 << 20
@@ -38,7 +38,7 @@ type Server struct {
 func Start(opts Options) (*Server, error) {
 	prefix := opts.PathPrefix
 	if prefix == "" {
-		prefix = DefaultPathPrefix
+		prefix = defaultPathPrefix
 	}
 	// "/openai/v1/" -> "/openai/v1"; "/" -> "" (the root).
 	prefix = strings.TrimSuffix("/"+strings.Trim(prefix, "/"), "/")
@@ -149,8 +149,7 @@ func (s *Server) respond(req Request) Response {
 
 // fromHTTP completes req with what the HTTP request itself says.
 func fromHTTP(r *http.Request, req Request) Request {
-	req.Time = time.Now()
-	req.Method = r.Method
+	req.method = r.Method
 	req.Path = r.URL.Path
 	_, req.HasAuthorization = r.Header["Authorization"]
 	req.Authorization = r.Header.Get("Authorization")
