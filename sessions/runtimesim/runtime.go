@@ -22,9 +22,10 @@ import (
 // one the Copilot CLI 1.0.102 reports.
 const protocolVersion = 3
 
-// What a 401 and a 429/5xx/transport error from a model are retried with, and
-// how long before its expiry a cached acquire token is refetched. 1.0.102
-// retries a 401 twice (three attempts) and a 5xx five times with back-off.
+// How often a model request that got a 401, or a 429, 5xx or transport
+// error, is retried (each retry asks for a token again), and how long before
+// its expiry a cached acquire-dialect token is refetched. 1.0.102 also
+// retries a 401 twice, but a 5xx five times, with back-off.
 const (
 	authRetries   = 2
 	serverRetries = 2
@@ -81,6 +82,7 @@ func (d Dialect) method() string {
 // Options configures a Runtime. The zero value plays DefaultDialect with
 // fast-test defaults.
 type Options struct {
+	// Dialect is the token request the runtime sends. Zero: GetToken.
 	Dialect Dialect
 	// HTTPClient calls the model providers. Default: a client with its own
 	// transport that dials loopback addresses only and ignores proxy
@@ -152,9 +154,9 @@ type ModelRequest struct {
 // limit; the oldest half is dropped when it fills.
 const maxRecords = 10000
 
-// Runtime plays the runtime's side of PROTOCOL.md. One Runtime may serve any
-// number of connections at once; each connection has its own sessions, as
-// each real runtime process serves one client.
+// Runtime plays the runtime's side of docs/PROTOCOL.md. One Runtime may
+// serve any number of connections at once; each connection has its own
+// sessions, as each real runtime process serves one client.
 type Runtime struct {
 	opts   Options
 	log    *slog.Logger
