@@ -280,8 +280,9 @@ func TestGetTokenServedFromCache(t *testing.T) {
 	}
 }
 
-// Every error row of PROTOCOL.md section 3 gets a clear JSON-RPC error, and
-// the connection keeps serving a healthy session after each.
+// Every row of docs/PROTOCOL.md's "Our error replies" up to -32005 gets a
+// clear JSON-RPC error, and the connection keeps serving a healthy session
+// after each.
 func TestErrorRepliesKeepTheConnectionServing(t *testing.T) {
 	w := newHardWorld(t, actors.Options{RequestTimeout: 300 * time.Millisecond})
 	rt := w.dial("pipe")

@@ -102,12 +102,12 @@ func (c *conn) Handle(ctx context.Context, jc *jsonrpc2.Conn, req *jsonrpc2.Requ
 func (c *conn) dispatch(jc *jsonrpc2.Conn, req *jsonrpc2.Request) (result any, after func(), err *jsonrpc2.Error) {
 	switch req.Method {
 	case "connect":
-		return map[string]any{"ok": true, "protocolVersion": ProtocolVersion, "version": c.rt.Version()}, nil, nil
+		return map[string]any{"ok": true, "protocolVersion": protocolVersion, "version": c.rt.Version()}, nil, nil
 	case "ping":
 		return map[string]any{
 			"message":         "pong",
 			"timestamp":       time.Now().UTC().Format(time.RFC3339Nano),
-			"protocolVersion": ProtocolVersion,
+			"protocolVersion": protocolVersion,
 		}, nil, nil
 	case "session.create", "session.resume":
 		res, err := c.open(jc, req)

@@ -18,35 +18,47 @@ import (
 	"github.com/tokenbroker/tokenbroker/tokens"
 )
 
-// ProtocolVersion is the protocol version reported by connect and ping, the
+// protocolVersion is the protocol version reported by connect and ping, the
 // one the Copilot CLI 1.0.102 reports.
-const ProtocolVersion = 3
+const protocolVersion = 3
 
-// Dialect selects which token request the simulator sends (see PROTOCOL.md).
+// How often a model request that got a 401, or a 429, 5xx or transport
+// error, is retried (each retry asks for a token again), and how long before
+// its expiry a cached acquire-dialect token is refetched. 1.0.102 also
+// retries a 401 twice, but a 5xx five times, with back-off.
+const (
+	authRetries   = 2
+	serverRetries = 2
+	refreshBefore = 30 * time.Second
+)
+
+// Dialect selects which token request the simulator sends (see
+// docs/PROTOCOL.md). The zero value is GetToken, the real CLI's.
 type Dialect int
 
 const (
-	// Acquire sends providerToken.acquire {sessionId, providerName, scope},
-	// honours bearerTokenProvider, and caches a result that carries
-	// expiresOnTimestamp until RefreshBefore ahead of it.
-	Acquire Dialect = iota
 	// GetToken sends providerToken.getToken {providerName, sessionId} before
 	// every HTTP attempt, honours hasBearerTokenProvider, caches nothing and
 	// accepts only {"token": "<non-empty string>"}, like Copilot CLI 1.0.102.
-	GetToken
+	GetToken Dialect = iota
+	// Acquire sends providerToken.acquire {sessionId, providerName, scope},
+	// honours bearerTokenProvider, and caches a result that carries
+	// expiresOnTimestamp until 30 s before it.
+	Acquire
 )
 
-// DefaultDialect is the dialect the programs (cmd/runtimesim, cmd/tokenload)
-// use unless told otherwise: the real CLI's, in which every model request
-// asks for a token, so the client's cache does the work.
+// DefaultDialect is the zero Dialect, the one Options{} and the programs
+// (cmd/runtimesim, cmd/tokenload) play unless told otherwise: the real
+// CLI's, in which every model request asks for a token, so the client's
+// cache does the work.
 const DefaultDialect = GetToken
 
 // String returns the name used by the -dialect flag.
 func (d Dialect) String() string {
-	if d == GetToken {
-		return "getToken"
+	if d == Acquire {
+		return "acquire"
 	}
-	return "acquire"
+	return "getToken"
 }
 
 // ParseDialect parses "acquire" or "getToken".
@@ -57,27 +69,25 @@ func ParseDialect(s string) (Dialect, error) {
 	case "getToken":
 		return GetToken, nil
 	}
-	return 0, fmt.Errorf("runtimesim: unknown dialect %q (want acquire or getToken)", s)
+	return DefaultDialect, fmt.Errorf("runtimesim: unknown dialect %q (want acquire or getToken)", s)
 }
 
 func (d Dialect) method() string {
-	if d == GetToken {
-		return "providerToken.getToken"
+	if d == Acquire {
+		return "providerToken.acquire"
 	}
-	return "providerToken.acquire"
+	return "providerToken.getToken"
 }
 
-// Options configures a Runtime. The zero value simulates the acquire dialect
-// with fast-test defaults.
+// Options configures a Runtime. The zero value plays DefaultDialect with
+// fast-test defaults.
 type Options struct {
+	// Dialect is the token request the runtime sends. Zero: GetToken.
 	Dialect Dialect
 	// HTTPClient calls the model providers. Default: a client with its own
 	// transport that dials loopback addresses only and ignores proxy
 	// environment variables, with a 60 s timeout.
 	HTTPClient *http.Client
-	// RefreshBefore (acquire dialect): a cached token is reused until this
-	// long before its expiresOnTimestamp. Default 30 s.
-	RefreshBefore time.Duration
 	// TokenTimeout bounds each token request. The real CLI waits forever; a
 	// simulator that did would hang tests. A timeout counts as a failed
 	// request (retried per TokenRetries). Default 60 s.
@@ -86,15 +96,6 @@ type Options struct {
 	// timeout) is retried before the turn ends with session.error. The real
 	// CLI retries 5 times about 1 s apart. Default 0, for fast tests.
 	TokenRetries int
-	// AuthRetries is how often a 401 from the model is retried, each time
-	// with a freshly requested token. 0 means the default, 2 (what 1.0.102
-	// was seen to do: three attempts, then errorType "authentication");
-	// negative means no retry.
-	AuthRetries int
-	// ServerRetries is how often a 429, a 5xx or a transport error from the
-	// model is retried, asking for a token each time. 0 means the default, 2
-	// (the real CLI does 5 with back-off); negative means no retry.
-	ServerRetries int
 	// RetryDelay is the pause before every retry. Default 0.
 	RetryDelay time.Duration
 	// TurnRequests is the number of model exchanges per turn, each a model
@@ -125,7 +126,6 @@ type Stats struct {
 
 // TokenRequest records one token request sent to the client.
 type TokenRequest struct {
-	Time         time.Time
 	Method       string // providerToken.acquire or providerToken.getToken
 	SessionID    string
 	ProviderName string
@@ -142,25 +142,21 @@ type TokenRequest struct {
 
 // ModelRequest records one HTTP request sent to a provider.
 type ModelRequest struct {
-	Time         time.Time
 	SessionID    string
 	ProviderName string
-	URL          string
-	Model        string
 	// Fingerprint identifies the credential sent (token, bearerToken or
 	// apiKey); "" when the request carried none.
 	Fingerprint string
-	Status      int    // 0 when no response arrived
-	Err         string // transport error, if any
+	Status      int // 0 when no response arrived
 }
 
 // maxRecords bounds each record log so a long load run does not grow without
 // limit; the oldest half is dropped when it fills.
 const maxRecords = 10000
 
-// Runtime plays the runtime's side of PROTOCOL.md. One Runtime may serve any
-// number of connections at once; each connection has its own sessions, as
-// each real runtime process serves one client.
+// Runtime plays the runtime's side of docs/PROTOCOL.md. One Runtime may
+// serve any number of connections at once; each connection has its own
+// sessions, as each real runtime process serves one client.
 type Runtime struct {
 	opts   Options
 	log    *slog.Logger
@@ -174,14 +170,9 @@ type Runtime struct {
 
 // New returns a Runtime with opts' defaults filled in.
 func New(opts Options) *Runtime {
-	if opts.RefreshBefore == 0 {
-		opts.RefreshBefore = 30 * time.Second
-	}
 	if opts.TokenTimeout == 0 {
 		opts.TokenTimeout = 60 * time.Second
 	}
-	opts.AuthRetries = retriesOrDefault(opts.AuthRetries, 2)
-	opts.ServerRetries = retriesOrDefault(opts.ServerRetries, 2)
 	if opts.TurnRequests <= 0 {
 		opts.TurnRequests = 1
 	}
@@ -194,16 +185,6 @@ func New(opts Options) *Runtime {
 		client = loopbackClient()
 	}
 	return &Runtime{opts: opts, log: log, client: client}
-}
-
-func retriesOrDefault(n, def int) int {
-	switch {
-	case n == 0:
-		return def
-	case n < 0:
-		return 0
-	}
-	return n
 }
 
 // loopbackClient refuses to dial anything but loopback addresses, so a

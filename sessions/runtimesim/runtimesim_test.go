@@ -47,6 +47,21 @@ func TestConnectAndPing(t *testing.T) {
 	}
 }
 
+// The zero Options play DefaultDialect, the real CLI's: getToken requests,
+// honouring hasBearerTokenProvider only.
+func TestZeroOptionsPlayDefaultDialect(t *testing.T) {
+	model := fake(t, fakemodel.Options{})
+	c := connect(t, New(Options{}), tokenN)
+	c.call("session.create", wholeSessionParams("s", map[string]any{"baseUrl": model.URL(), "hasBearerTokenProvider": true}))
+	if texts, sErr := c.send("s", "p"); len(texts) != 1 || sErr != nil {
+		t.Fatalf("turn: %q %v", texts, sErr)
+	}
+	calls := c.tokenCalls()
+	if DefaultDialect != GetToken || len(calls) != 1 || calls[0].method != "providerToken.getToken" {
+		t.Fatalf("zero Options sent %+v, want one providerToken.getToken (DefaultDialect %s)", calls, DefaultDialect)
+	}
+}
+
 func TestGetTokenTurn(t *testing.T) {
 	model := fake(t, fakemodel.Options{})
 	rt := New(Options{Dialect: GetToken})
@@ -107,7 +122,7 @@ func TestGetTokenTurn(t *testing.T) {
 		t.Fatalf("token requests = %+v", calls)
 	}
 	reqs := model.Requests()
-	if len(reqs) != 1 || reqs[0].Authorization != "Bearer tok-1" || reqs[0].Model != "gpt-4o" || reqs[0].Prompt != "hi" {
+	if len(reqs) != 1 || reqs[0].Authorization != "Bearer tok-1" || reqs[0].Path != "/openai/v1/chat/completions" || reqs[0].Model != "gpt-4o" || reqs[0].Prompt != "hi" {
 		t.Fatalf("model requests = %v", reqs)
 	}
 	st := rt.Stats()
@@ -118,7 +133,7 @@ func TestGetTokenTurn(t *testing.T) {
 	if tr.SessionID != "s1" || tr.ProviderName != "default" || tr.Fingerprint != fingerprint("tok-1") || tr.Err != "" {
 		t.Fatalf("token record = %+v", tr)
 	}
-	if mr := rt.ModelRequests()[0]; mr.Status != 200 || mr.Fingerprint != fingerprint("tok-1") || mr.URL != model.URL()+"/chat/completions" {
+	if mr := rt.ModelRequests()[0]; mr.Status != 200 || mr.Fingerprint != fingerprint("tok-1") || mr.SessionID != "s1" || mr.ProviderName != "default" {
 		t.Fatalf("model record = %+v", mr)
 	}
 	var destroyed struct{ Success bool }
@@ -324,7 +339,7 @@ func TestAcquireRefetches(t *testing.T) {
 		name string
 		ttl  time.Duration
 	}{
-		{"inside RefreshBefore", 10 * time.Second},
+		{"inside refreshBefore", 10 * time.Second},
 		{"already expired", -time.Minute},
 		{"bare token", 0},
 	}

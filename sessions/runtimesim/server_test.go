@@ -21,7 +21,7 @@ import (
 func TestServer(t *testing.T) {
 	for _, d := range []Dialect{Acquire, GetToken} {
 		t.Run(d.String(), func(t *testing.T) {
-			srv, err := NewServer(Options{Dialect: d, AuthRetries: -1}, fakemodel.Options{
+			srv, err := NewServer(Options{Dialect: d}, fakemodel.Options{
 				Respond: func(r fakemodel.Request) fakemodel.Response {
 					if r.BearerToken() == "tok-1" {
 						return fakemodel.Response{Status: 401}
@@ -32,8 +32,14 @@ func TestServer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// tok-1 to every attempt of the first turn (a 401 is retried
+			// authRetries times), then tok-2.
+			attempts := 1 + authRetries
 			c := &client{t: t, notes: map[string]chan note{}, answer: func(n int, _ string, _ json.RawMessage) (any, error) {
-				return map[string]any{"token": []string{"tok-1", "tok-2"}[min(n, 2)-1]}, nil
+				if n <= attempts {
+					return map[string]any{"token": "tok-1"}, nil
+				}
+				return map[string]any{"token": "tok-2"}, nil
 			}}
 			c.jc = jsonrpc2.NewConn(context.Background(), jsonrpc2.NewBufferedStream(srv.Dial(), jsonrpc2.VSCodeObjectCodec{}), handler{c})
 
@@ -50,15 +56,15 @@ func TestServer(t *testing.T) {
 			}
 
 			trs := srv.TokenRequests()
-			if len(trs) != 2 || trs[0].Fingerprint != tokens.Fingerprint("tok-1") || trs[1].Fingerprint != tokens.Fingerprint("tok-2") || trs[0].Method != d.method() {
+			if len(trs) != attempts+1 || trs[0].Fingerprint != tokens.Fingerprint("tok-1") || trs[attempts].Fingerprint != tokens.Fingerprint("tok-2") || trs[0].Method != d.method() {
 				t.Errorf("token requests %+v", trs)
 			}
 			if d == Acquire && trs[0].Scope != "api://x/.default" {
 				t.Errorf("acquire scope %q", trs[0].Scope)
 			}
 			mrs := srv.ModelRequests()
-			if len(mrs) != 2 || mrs[0].Fingerprint != tokens.Fingerprint("tok-1") || mrs[0].Status != 401 ||
-				mrs[1].Fingerprint != tokens.Fingerprint("tok-2") || mrs[1].Status != 200 {
+			if len(mrs) != attempts+1 || mrs[0].Fingerprint != tokens.Fingerprint("tok-1") || mrs[0].Status != 401 ||
+				mrs[attempts].Fingerprint != tokens.Fingerprint("tok-2") || mrs[attempts].Status != 200 {
 				t.Errorf("model requests %+v", mrs)
 			}
 			if st := srv.Stats(); st.Calls != 3 || st.Sessions != 1 || st.Turns != 2 || st.TurnErrors != 1 {

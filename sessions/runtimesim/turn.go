@@ -179,7 +179,7 @@ func (c *conn) modelCall(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg
 			return r, nil
 		case status == http.StatusUnauthorized:
 			c.forget(s, p.name)
-			if authTries < o.AuthRetries {
+			if authTries < authRetries {
 				authTries++
 				if err := pause(); err != nil {
 					return reply{}, err
@@ -190,7 +190,7 @@ func (c *conn) modelCall(ctx context.Context, jc *jsonrpc2.Conn, s *session, cfg
 				"Authentication failed with provider at %s (HTTP 401).\n  Check your COPILOT_PROVIDER_API_KEY, COPILOT_PROVIDER_API_KEY_COMMAND, or COPILOT_PROVIDER_BEARER_TOKEN.",
 				p.baseURL)}
 		case status == 0 || status == http.StatusTooManyRequests || status >= 500:
-			if serverTries < o.ServerRetries {
+			if serverTries < serverRetries {
 				serverTries++
 				if err := pause(); err != nil {
 					return reply{}, err
@@ -251,13 +251,13 @@ func (c *conn) token(ctx context.Context, jc *jsonrpc2.Conn, s *session, p *prov
 		c.mu.Lock()
 		ct, ok := s.tokens[p.name]
 		c.mu.Unlock()
-		if ok && time.Now().Before(ct.exp.Add(-o.RefreshBefore)) {
+		if ok && time.Now().Before(ct.exp.Add(-refreshBefore)) {
 			c.rt.count(func(st *Stats) { st.TokenCacheHits++ })
 			return ct.token, nil
 		}
 	}
 
-	rec := TokenRequest{Time: time.Now(), Method: o.Dialect.method(), SessionID: s.id, ProviderName: p.name}
+	rec := TokenRequest{Method: o.Dialect.method(), SessionID: s.id, ProviderName: p.name}
 	var params any = getTokenParams{ProviderName: p.name, SessionID: s.id}
 	if o.Dialect == Acquire {
 		rec.Scope = p.scope
@@ -358,10 +358,9 @@ func (c *conn) post(ctx context.Context, s *session, cfg sessionConfig, token st
 		cred = p.apiKey
 		req.Header.Set("Authorization", "Bearer "+p.apiKey)
 	}
-	rec := ModelRequest{Time: time.Now(), SessionID: s.id, ProviderName: p.name, URL: u, Model: cfg.wireModel, Fingerprint: fingerprint(cred)}
+	rec := ModelRequest{SessionID: s.id, ProviderName: p.name, Fingerprint: fingerprint(cred)}
 	resp, err := c.rt.client.Do(req)
 	if err != nil {
-		rec.Err = err.Error()
 		c.rt.recordModel(rec)
 		return 0, reply{}, err
 	}
