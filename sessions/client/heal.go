@@ -9,12 +9,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/sessions"
 )
 
-// ErrTokenRejected: a turn failed because the model provider rejected the
-// token tokenbroker served (it answered 401 to every retry). The client has
-// invalidated the session's cached tokens; errors.As to *SessionError still
-// gives the runtime's own report.
-var ErrTokenRejected = errors.New("client: the model provider rejected the token tokenbroker served")
-
 // errorTypeAuthentication is the session.error type of a turn whose model
 // requests all got a 401 (Copilot CLI 1.0.102: three attempts).
 const errorTypeAuthentication = "authentication"
