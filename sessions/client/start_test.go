@@ -132,9 +132,11 @@ func TestStartFailures(t *testing.T) {
 		{mode: "exit", want: []string{"exited (exit status 3)", "fatal: unknown flag --bogus", "fake runtime line 11"}, is: client.ErrExited},
 		{mode: "garbage,exit", want: []string{"exited (exit status 2)", "fake runtime line 11"}, is: client.ErrExited},
 		{mode: "garbage", want: []string{"connection ended before connect was answered", "fake runtime line 11"}},
-		{mode: "silent", timeout: 500 * time.Millisecond, want: []string{"no answer to connect", "fake runtime line 11"}, is: context.DeadlineExceeded},
+		// The deadline leaves a busy machine time to start the fake runtime
+		// and let it write its stderr.
+		{mode: "silent", timeout: 2 * time.Second, want: []string{"no answer to connect", "fake runtime line 11"}, is: context.DeadlineExceeded},
 		{mode: "child,exit", want: []string{"exited (exit status 3)", "fatal: unknown flag"}, is: client.ErrExited},
-		{mode: "child,silent", timeout: 500 * time.Millisecond, want: []string{"no answer to connect"}, is: context.DeadlineExceeded},
+		{mode: "child,silent", timeout: 2 * time.Second, want: []string{"no answer to connect"}, is: context.DeadlineExceeded},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			timeout := tc.timeout
