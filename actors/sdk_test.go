@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"sync"
 	"testing"
@@ -131,13 +132,13 @@ func TestBearerTokenTelemetryMatchesTransport(t *testing.T) {
 	}
 	good, bad := creds("transport")
 	// Over the transport: a pipe, a bare jsonrpc2 peer playing the runtime.
-	clientEnd, runtimeEnd := transport.Pipe()
+	clientEnd, runtimeEnd := net.Pipe()
 	conn := transport.NewConn(context.Background(), b, clientEnd, nil, transport.ConnOptions{})
 	defer conn.Close()
 	if err := conn.Router().Open("s", []actors.Provider{{Name: "good", Source: good}, {Name: "bad", Source: bad}}); err != nil {
 		t.Fatal(err)
 	}
-	runtime := jsonrpc2.NewConn(context.Background(), transport.NewStream(runtimeEnd, transport.Codec{}),
+	runtime := jsonrpc2.NewConn(context.Background(), jsonrpc2.NewBufferedStream(runtimeEnd, jsonrpc2.VSCodeObjectCodec{}),
 		jsonrpc2.HandlerWithError(func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) { return nil, nil }))
 	defer runtime.Close()
 	for _, p := range []string{"good", "good", "bad"} {

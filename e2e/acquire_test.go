@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -43,7 +44,7 @@ func newSimHarness(t *testing.T, simOpts runtimesim.Options, brokerOpts actors.O
 	t.Cleanup(func() { model.Close() })
 	broker := newBroker(t, brokerOpts)
 	sim := runtimesim.New(simOpts)
-	clientEnd, runtimeEnd := transport.Pipe()
+	clientEnd, runtimeEnd := net.Pipe()
 	served := make(chan struct{})
 	go func() {
 		defer close(served)

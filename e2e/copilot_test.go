@@ -107,7 +107,7 @@ func testWholeSessionProvider(t *testing.T, cli string) {
 	}
 	// The runtime forgot the session: sending to it is refused.
 	var res struct{}
-	if err := c.Conn().Call(ctx, "session.send", map[string]any{"sessionId": "e2e-whole-1", "prompt": "x"}, &res); err == nil {
+	if err := c.Call(ctx, "session.send", map[string]any{"sessionId": "e2e-whole-1", "prompt": "x"}, &res); err == nil {
 		t.Error("the runtime still accepts messages for a destroyed session")
 	}
 }
@@ -118,9 +118,9 @@ func testNamedProviders(t *testing.T, cli string) {
 	ctx := testContext(t)
 	spans := tracetest.NewSpanRecorder()
 	b := newBroker(t, actors.Options{})
-	c := startCLI(t, cli, b, client.Options{Conn: transport.ConnOptions{Options: transport.Options{
+	c := startCLI(t, cli, b, client.Options{Conn: transport.ConnOptions{
 		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)),
-	}}})
+	}})
 	alphaModel, betaModel := newModel(t, "from alpha"), newModel(t, "from beta")
 	alpha, beta := newCredential("alpha"), newCredential("beta")
 	alpha.bare, beta.bare = true, true // a fresh token per request
@@ -201,9 +201,9 @@ func testCachedUntilExpiry(t *testing.T, cli string) {
 	clock := &fakeClock{now: time.Now()}
 	spans := tracetest.NewSpanRecorder()
 	b := newBroker(t, actors.Options{Clock: clock})
-	c := startCLI(t, cli, b, client.Options{Conn: transport.ConnOptions{Options: transport.Options{
+	c := startCLI(t, cli, b, client.Options{Conn: transport.ConnOptions{
 		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)),
-	}}})
+	}})
 	model := newModel(t, "cached answer")
 	cred := newCredential("cached")
 	cred.clock = clock

@@ -177,7 +177,7 @@ func (w *hardWorld) dial(over string) *hardRuntime {
 	var clientEnd, runtimeEnd io.ReadWriteCloser
 	switch over {
 	case "pipe":
-		clientEnd, runtimeEnd = transport.Pipe()
+		clientEnd, runtimeEnd = net.Pipe()
 	case "tcp":
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -192,7 +192,7 @@ func (w *hardWorld) dial(over string) *hardRuntime {
 			}
 			accepted <- c
 		}()
-		c, err := transport.Dial(context.Background(), ln.Addr().String())
+		c, err := (&net.Dialer{}).DialContext(context.Background(), "tcp", ln.Addr().String())
 		if err != nil {
 			w.t.Fatal(err)
 		}
@@ -206,10 +206,10 @@ func (w *hardWorld) dial(over string) *hardRuntime {
 		w.t.Fatalf("unknown link %q", over)
 	}
 	ctx := context.Background()
-	client := transport.NewConn(ctx, w.broker, clientEnd, nil, transport.ConnOptions{Options: transport.Options{
+	client := transport.NewConn(ctx, w.broker, clientEnd, nil, transport.ConnOptions{
 		Logger: w.cap.Logger, TracerProvider: w.cap.TracerProvider, MeterProvider: w.cap.MeterProvider,
-	}})
-	rpc := jsonrpc2.NewConn(ctx, transport.NewStream(runtimeEnd, transport.Codec{}), jsonrpc2.HandlerWithError(
+	})
+	rpc := jsonrpc2.NewConn(ctx, jsonrpc2.NewBufferedStream(runtimeEnd, jsonrpc2.VSCodeObjectCodec{}), jsonrpc2.HandlerWithError(
 		func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) {
 			return nil, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "the test runtime serves nothing"}
 		}))
@@ -223,7 +223,7 @@ func (rt *hardRuntime) hangUp() {
 	_ = rt.rpc.Close()
 	_ = rt.raw.Close()
 	<-rt.rpc.DisconnectNotify()
-	<-rt.client.DisconnectNotify()
+	<-rt.client.Done()
 }
 
 // hardAnswer is what the runtime got for one token request.

@@ -3,7 +3,7 @@
 // params for the wire, and opening a session's token routing on a
 // connection's Router. It does not talk to a runtime itself: the runtime
 // client is sessions/client, and a service that drives the runtime with its
-// own JSON-RPC code needs only this package and transport's middleware.
+// own JSON-RPC code needs only this package and transport.NewConn.
 package sessions
 
 import (
@@ -159,19 +159,18 @@ var (
 )
 
 // Params is a session.create or session.resume request body, ready for the
-// wire, with the providers whose tokens this side answers.
+// wire.
 type Params struct {
 	SessionID string
 	Body      json.RawMessage
-	Providers []actors.Provider
+
+	providers []actors.Provider // whose tokens this side answers, for Open
 }
 
 // WireParams checks cfg, then rewrites it for the wire: callbacks removed,
 // both token flags and the scope added on every provider that has a source,
 // every other field untouched. A provider whose source is a shared
-// *actors.Credential and that sets no scope gets the credential's. It also
-// returns the providers to register, the whole-session one under
-// DefaultProviderName.
+// *actors.Credential and that sets no scope gets the credential's.
 func WireParams(cfg SessionConfig) (Params, error) {
 	if cfg.Provider != nil && (len(cfg.Providers) > 0 || len(cfg.Models) > 0) {
 		return Params{}, fmt.Errorf("sessions: %w", ErrProviderAndList)
@@ -233,7 +232,7 @@ func WireParams(cfg SessionConfig) (Params, error) {
 	if err != nil {
 		return Params{}, fmt.Errorf("sessions: encoding session params: %w", err)
 	}
-	return Params{SessionID: cfg.SessionID, Body: raw, Providers: ps}, nil
+	return Params{SessionID: cfg.SessionID, Body: raw, providers: ps}, nil
 }
 
 // withCredentialScope returns p with a shared credential's scope when p sets
@@ -274,7 +273,8 @@ func Open(router *actors.Router, cfg SessionConfig) (Params, error) {
 	if err != nil {
 		return Params{}, err
 	}
-	if err := router.Open(p.SessionID, p.Providers); err != nil {
+	// The whole-session provider is registered under DefaultProviderName.
+	if err := router.Open(p.SessionID, p.providers); err != nil {
 		return Params{}, err
 	}
 	return p, nil

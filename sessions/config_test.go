@@ -79,7 +79,7 @@ func TestWireParamsGolden(t *testing.T) {
 	// The providers to register: named ones by name with their scopes, and
 	// none for the static-key provider.
 	got := map[string]string{}
-	for _, pv := range p.Providers {
+	for _, pv := range p.providers {
 		got[pv.Name] = pv.Scope
 	}
 	want2 := map[string]string{"mi": "https://cognitiveservices.azure.com/.default", "oauth": ""}
@@ -194,8 +194,8 @@ func TestWireParamsCredentialScope(t *testing.T) {
 		if wire == nil {
 			wire = body.Providers[0]
 		}
-		if wire["bearerTokenScope"] != scope || p.Providers[0].Scope != scope {
-			t.Errorf("%s: wire scope %v, registered scope %q; want the credential's %q", name, wire["bearerTokenScope"], p.Providers[0].Scope, scope)
+		if wire["bearerTokenScope"] != scope || p.providers[0].Scope != scope {
+			t.Errorf("%s: wire scope %v, registered scope %q; want the credential's %q", name, wire["bearerTokenScope"], p.providers[0].Scope, scope)
 		}
 	}
 	if whole.BearerTokenScope != "" || named[0].BearerTokenScope != "" {

@@ -10,8 +10,8 @@ import (
 )
 
 // WireParams shows what session.create carries: no callback, both token
-// flags, the scope verbatim, and the whole-session provider registered as
-// "default".
+// flags and the scope verbatim. Open returns the same and also opens the
+// session's token routing on a connection's Router.
 func ExampleWireParams() {
 	src := tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) {
 		return tokens.Token{Value: "t", ExpiresOn: time.Now().Add(time.Hour)}, nil
@@ -30,8 +30,6 @@ func ExampleWireParams() {
 		panic(err)
 	}
 	fmt.Println(string(p.Body))
-	fmt.Println(p.Providers[0].Name, p.Providers[0].Scope)
 	// Output:
 	// {"model":"gpt-4o","provider":{"baseUrl":"https://example.openai.azure.com/openai/v1","bearerTokenProvider":true,"bearerTokenScope":"https://cognitiveservices.azure.com/.default","hasBearerTokenProvider":true,"type":"openai"},"sessionId":"tenant-a-7f3c"}
-	// default https://cognitiveservices.azure.com/.default
 }

@@ -61,7 +61,6 @@ const (
 	RPCJSONRPCVersion = attribute.Key("rpc.jsonrpc.version")
 	RPCRequestID      = attribute.Key("rpc.jsonrpc.request_id")
 	RPCErrorCode      = attribute.Key("rpc.jsonrpc.error_code")
-	RPCErrorMessage   = attribute.Key("rpc.jsonrpc.error_message")
 )
 
 // Metric names.

@@ -1,4 +1,4 @@
-package transport_test
+package transport
 
 import (
 	"context"
@@ -21,7 +21,6 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/tokens"
-	"github.com/tokenbroker/tokenbroker/transport"
 )
 
 // The transport, not the broker, is the ceiling of a token request over
@@ -61,13 +60,13 @@ func (e *endpoint) call(ctx context.Context) error {
 	var res struct {
 		Token string `json:"token"`
 	}
-	return e.rt.Call(ctx, transport.MethodGetToken, params, &res)
+	return e.rt.Call(ctx, MethodGetToken, params, &res)
 }
 
 // dialer makes a connected pair: the client end (ours) and the runtime end.
 type dialer func(b *testing.B) (client, runtime io.ReadWriteCloser)
 
-func pipeDialer(*testing.B) (io.ReadWriteCloser, io.ReadWriteCloser) { return transport.Pipe() }
+func pipeDialer(*testing.B) (io.ReadWriteCloser, io.ReadWriteCloser) { return net.Pipe() }
 
 func tcpDialer(b *testing.B) (io.ReadWriteCloser, io.ReadWriteCloser) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -83,7 +82,7 @@ func tcpDialer(b *testing.B) (io.ReadWriteCloser, io.ReadWriteCloser) {
 		}
 		accepted <- c
 	}()
-	runtime, err := transport.Dial(context.Background(), ln.Addr().String())
+	runtime, err := (&net.Dialer{}).DialContext(context.Background(), "tcp", ln.Addr().String())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -95,7 +94,7 @@ func tcpDialer(b *testing.B) (io.ReadWriteCloser, io.ReadWriteCloser) {
 }
 
 func runtimeSide(rwc io.ReadWriteCloser) *jsonrpc2.Conn {
-	return jsonrpc2.NewConn(context.Background(), transport.NewStream(rwc, transport.Codec{}),
+	return jsonrpc2.NewConn(context.Background(), jsonrpc2.NewBufferedStream(rwc, jsonrpc2.VSCodeObjectCodec{}),
 		jsonrpc2.HandlerWithError(func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) { return nil, nil }))
 }
 
@@ -110,7 +109,7 @@ func echoEndpoint(b *testing.B, dial dialer) *endpoint {
 	echo := jsonrpc2.AsyncHandler(jsonrpc2.HandlerWithError(func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) {
 		return reply, nil
 	}))
-	srv := jsonrpc2.NewConn(context.Background(), transport.NewStream(client, transport.Codec{}), echo)
+	srv := jsonrpc2.NewConn(context.Background(), jsonrpc2.NewBufferedStream(client, codec{}), echo) // the framing NewConn uses
 	rt := runtimeSide(runtime)
 	return &endpoint{rt: rt, close: func() { _ = rt.Close(); <-srv.DisconnectNotify() }}
 }
@@ -118,8 +117,8 @@ func echoEndpoint(b *testing.B, dial dialer) *endpoint {
 func brokerEndpoint(b *testing.B, dial dialer, tp trace.TracerProvider, mp metric.MeterProvider) *endpoint {
 	broker := actors.NewBroker(actors.Options{TracerProvider: tp, MeterProvider: mp})
 	client, runtime := dial(b)
-	conn := transport.NewConn(context.Background(), broker, client, nil, transport.ConnOptions{
-		Options: transport.Options{TracerProvider: tp, MeterProvider: mp},
+	conn := NewConn(context.Background(), broker, client, nil, ConnOptions{
+		TracerProvider: tp, MeterProvider: mp,
 	})
 	src := tokens.Static(tokens.Token{Value: "bench-token-value", ExpiresOn: time.Now().Add(24 * time.Hour)})
 	if err := conn.Router().Open(params.SessionID, []actors.Provider{{Name: params.ProviderName, Source: src}}); err != nil {
@@ -128,7 +127,7 @@ func brokerEndpoint(b *testing.B, dial dialer, tp trace.TracerProvider, mp metri
 	rt := runtimeSide(runtime)
 	e := &endpoint{rt: rt, close: func() {
 		_ = rt.Close()
-		<-conn.DisconnectNotify()
+		<-conn.Done()
 		_ = broker.Close()
 	}}
 	if err := e.call(context.Background()); err != nil { // warm the cache

@@ -16,42 +16,42 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 )
 
-// DefaultMaxFrameSize caps one message. The runtime's largest messages are
+// defaultMaxFrameSize caps one message. The runtime's largest messages are
 // session events carrying model output; 16 MiB leaves ample room while a
 // hostile Content-Length cannot make us allocate gigabytes.
-const DefaultMaxFrameSize = 16 << 20
+const defaultMaxFrameSize = 16 << 20
 
 // maxHeaderLine bounds one header line, so a peer sending a header without
 // end cannot grow a buffer either.
 const maxHeaderLine = 1024
 
-// ErrFrameTooLarge is returned, and the connection closed, when a frame
-// declares a body over the cap. Nothing of that body is allocated.
-var ErrFrameTooLarge = errors.New("transport: frame exceeds maximum size")
+// Why the codec gave up on a stream; the connection closes with it (and
+// logs it). The stream cannot be resynchronised after either.
+var (
+	// errFrameTooLarge: a frame declares a body over the cap. Nothing of
+	// that body is allocated.
+	errFrameTooLarge = errors.New("transport: frame exceeds maximum size")
+	// errBadFrame: the framing itself is broken.
+	errBadFrame = errors.New("transport: malformed frame header")
+)
 
-// ErrBadFrame is returned, and the connection closed, when the framing
-// itself is broken: the stream cannot be resynchronised after it.
-var ErrBadFrame = errors.New("transport: malformed frame header")
-
-// Codec is the Content-Length framing of LSP and vscode-jsonrpc, with a cap
+// codec is the Content-Length framing of LSP and vscode-jsonrpc, with a cap
 // on the frame size. A frame whose header is fine but whose body is not a
 // JSON-RPC message is skipped (and logged): its length is known, so the
 // stream stays in sync and the connection keeps serving.
-type Codec struct {
-	MaxFrameSize int          // 0: DefaultMaxFrameSize
-	Logger       *slog.Logger // nil: silent
+type codec struct {
+	maxFrameSize int          // 0: defaultMaxFrameSize
+	log          *slog.Logger // nil: silent
 }
 
-// WriteObject implements jsonrpc2.ObjectCodec.
-func (Codec) WriteObject(w io.Writer, obj any) error {
+func (codec) WriteObject(w io.Writer, obj any) error {
 	return jsonrpc2.VSCodeObjectCodec{}.WriteObject(w, obj)
 }
 
-// ReadObject implements jsonrpc2.ObjectCodec.
-func (c Codec) ReadObject(r *bufio.Reader, v any) error {
-	limit := c.MaxFrameSize
+func (c codec) ReadObject(r *bufio.Reader, v any) error {
+	limit := c.maxFrameSize
 	if limit <= 0 {
-		limit = DefaultMaxFrameSize
+		limit = defaultMaxFrameSize
 	}
 	for {
 		body, err := readFrame(r, limit)
@@ -62,8 +62,8 @@ func (c Codec) ReadObject(r *bufio.Reader, v any) error {
 		if err == nil {
 			return nil
 		}
-		if c.Logger != nil {
-			c.Logger.Warn("tokenbroker: skipped a frame that is not a JSON-RPC message", "bytes", len(body), "error", err.Error())
+		if c.log != nil {
+			c.log.Warn("tokenbroker: skipped a frame that is not a JSON-RPC message", "bytes", len(body), "error", err.Error())
 		}
 		// A failed decode can leave part of the rejected frame in v (e.g. a
 		// request whose id did not parse); clear it, or it would surface
@@ -90,22 +90,22 @@ func readFrame(r *bufio.Reader, limit int) ([]byte, error) {
 		}
 		name, value, ok := strings.Cut(line, ":")
 		if !ok {
-			return nil, fmt.Errorf("%w: header line without ':'", ErrBadFrame)
+			return nil, fmt.Errorf("%w: header line without ':'", errBadFrame)
 		}
 		if !strings.EqualFold(strings.TrimSpace(name), "Content-Length") {
 			continue // e.g. Content-Type
 		}
 		n, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
 		if err != nil || n < 0 {
-			return nil, fmt.Errorf("%w: bad Content-Length", ErrBadFrame)
+			return nil, fmt.Errorf("%w: bad Content-Length", errBadFrame)
 		}
 		if n > int64(limit) {
-			return nil, fmt.Errorf("%w: %d bytes declared, limit %d", ErrFrameTooLarge, n, limit)
+			return nil, fmt.Errorf("%w: %d bytes declared, limit %d", errFrameTooLarge, n, limit)
 		}
 		length = int(n)
 	}
 	if length < 0 {
-		return nil, fmt.Errorf("%w: no Content-Length", ErrBadFrame)
+		return nil, fmt.Errorf("%w: no Content-Length", errBadFrame)
 	}
 	return readBody(r, length)
 }
@@ -141,7 +141,7 @@ func readLine(r *bufio.Reader) (string, error) {
 		chunk, err := r.ReadSlice('\n')
 		buf.Write(chunk)
 		if buf.Len() > maxHeaderLine {
-			return "", fmt.Errorf("%w: header line too long", ErrBadFrame)
+			return "", fmt.Errorf("%w: header line too long", errBadFrame)
 		}
 		if err == nil {
 			break
@@ -156,12 +156,7 @@ func readLine(r *bufio.Reader) (string, error) {
 	}
 	line := buf.Bytes()
 	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return "", fmt.Errorf(`%w: header lines must end in \r\n`, ErrBadFrame)
+		return "", fmt.Errorf(`%w: header lines must end in \r\n`, errBadFrame)
 	}
 	return string(line[:len(line)-2]), nil
-}
-
-// NewStream frames rwc with Codec.
-func NewStream(rwc io.ReadWriteCloser, c Codec) jsonrpc2.ObjectStream {
-	return jsonrpc2.NewBufferedStream(rwc, c)
 }

@@ -25,7 +25,7 @@ func itoa(n int) string {
 	return string(b)
 }
 
-func readAll(c Codec, in string) ([]json.RawMessage, error) {
+func readAll(c codec, in string) ([]json.RawMessage, error) {
 	r := bufio.NewReader(strings.NewReader(in))
 	var out []json.RawMessage
 	for {
@@ -39,7 +39,7 @@ func readAll(c Codec, in string) ([]json.RawMessage, error) {
 
 func TestCodecRoundTrip(t *testing.T) {
 	var buf bytes.Buffer
-	c := Codec{}
+	c := codec{}
 	msgs := []any{
 		map[string]any{"jsonrpc": "2.0", "id": 1, "method": "x", "params": map[string]string{"a": "é\r\n"}},
 		map[string]any{"jsonrpc": "2.0", "id": 1, "result": nil},
@@ -82,21 +82,21 @@ func TestCodecFrameErrors(t *testing.T) {
 		{"truncated body", "Content-Length: 10\r\n\r\n{}", io.ErrUnexpectedEOF},
 		{"end inside the header line", "Content-Len", io.ErrUnexpectedEOF},
 		{"end between header lines", "Content-Length: 2\r\n", io.ErrUnexpectedEOF},
-		{"not a number", "Content-Length: ten\r\n\r\n", ErrBadFrame},
-		{"negative", "Content-Length: -1\r\n\r\n", ErrBadFrame},
-		{"overflowing int64", "Content-Length: 99999999999999999999999\r\n\r\n", ErrBadFrame},
-		{"no Content-Length", "Content-Type: application/json\r\n\r\n{}", ErrBadFrame},
-		{"no colon", "Content-Length 2\r\n\r\n{}", ErrBadFrame},
-		{"LF line endings", "Content-Length: 2\n\n{}", ErrBadFrame},
-		{"endless header line", "Content-Length: 2" + long + "\r\n\r\n{}", ErrBadFrame},
-		{"endless header without newline", long, ErrBadFrame},
-		{"over the cap", "Content-Length: 1025\r\n\r\n", ErrFrameTooLarge},
-		{"1 TiB declared", "Content-Length: 1099511627776\r\n\r\n", ErrFrameTooLarge},
-		{"max int64 declared", "Content-Length: 9223372036854775807\r\n\r\n", ErrFrameTooLarge},
+		{"not a number", "Content-Length: ten\r\n\r\n", errBadFrame},
+		{"negative", "Content-Length: -1\r\n\r\n", errBadFrame},
+		{"overflowing int64", "Content-Length: 99999999999999999999999\r\n\r\n", errBadFrame},
+		{"no Content-Length", "Content-Type: application/json\r\n\r\n{}", errBadFrame},
+		{"no colon", "Content-Length 2\r\n\r\n{}", errBadFrame},
+		{"LF line endings", "Content-Length: 2\n\n{}", errBadFrame},
+		{"endless header line", "Content-Length: 2" + long + "\r\n\r\n{}", errBadFrame},
+		{"endless header without newline", long, errBadFrame},
+		{"over the cap", "Content-Length: 1025\r\n\r\n", errFrameTooLarge},
+		{"1 TiB declared", "Content-Length: 1099511627776\r\n\r\n", errFrameTooLarge},
+		{"max int64 declared", "Content-Length: 9223372036854775807\r\n\r\n", errFrameTooLarge},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := readAll(Codec{MaxFrameSize: 1024}, tc.in)
+			_, err := readAll(codec{maxFrameSize: 1024}, tc.in)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
@@ -110,7 +110,7 @@ func TestCodecHeaderVariants(t *testing.T) {
 	body := `{"a":1}`
 	in := "content-type: application/vscode-jsonrpc; charset=utf-8\r\ncontent-length:   7  \r\n\r\n" + body +
 		"Content-Length: 7\r\nContent-Type: x\r\n\r\n" + body
-	got, err := readAll(Codec{MaxFrameSize: len(body)}, in)
+	got, err := readAll(codec{maxFrameSize: len(body)}, in)
 	if !errors.Is(err, io.EOF) || len(got) != 2 || string(got[1]) != body {
 		t.Fatalf("got %q, %v", got, err)
 	}
@@ -121,7 +121,7 @@ func TestCodecHeaderVariants(t *testing.T) {
 func TestCodecOversizeFrameIsNotAllocated(t *testing.T) {
 	const limit = 8 << 20
 	header := "Content-Length: " + itoa(limit+1) + "\r\n\r\n"
-	c := Codec{MaxFrameSize: limit}
+	c := codec{maxFrameSize: limit}
 	var m json.RawMessage
 	var ms0, ms1 runtime.MemStats
 	const runs = 20
@@ -131,7 +131,7 @@ func TestCodecOversizeFrameIsNotAllocated(t *testing.T) {
 	for range runs {
 		// The body is not there at all: a reader that tried to read it
 		// would fail with ErrUnexpectedEOF instead.
-		if err := c.ReadObject(bufio.NewReader(strings.NewReader(header)), &m); errors.Is(err, ErrFrameTooLarge) {
+		if err := c.ReadObject(bufio.NewReader(strings.NewReader(header)), &m); errors.Is(err, errFrameTooLarge) {
 			errs++
 		}
 	}
@@ -150,14 +150,14 @@ func TestCodecOversizeFrameIsNotAllocated(t *testing.T) {
 // before the bytes arrive: 8 frames announcing 16 MiB each, whose peers
 // sent 1 KiB of body and stopped, used to hold 128 MiB.
 func TestCodecAnnouncedBodyIsNotAllocatedUpFront(t *testing.T) {
-	const announced, sent, frames = DefaultMaxFrameSize, 1 << 10, 8
+	const announced, sent, frames = defaultMaxFrameSize, 1 << 10, 8
 	in := "Content-Length: " + itoa(announced) + "\r\n\r\n" + strings.Repeat(" ", sent)
 	var ms0, ms1 runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&ms0)
 	for range frames {
 		var m json.RawMessage
-		if err := (Codec{}).ReadObject(bufio.NewReader(strings.NewReader(in)), &m); !errors.Is(err, io.ErrUnexpectedEOF) {
+		if err := (codec{}).ReadObject(bufio.NewReader(strings.NewReader(in)), &m); !errors.Is(err, io.ErrUnexpectedEOF) {
 			t.Fatalf("truncated body: %v, want %v", err, io.ErrUnexpectedEOF)
 		}
 	}
@@ -175,11 +175,11 @@ func TestCodecLargeBodyInPieces(t *testing.T) {
 	param := strings.Repeat("abcdefghij", 300_000) // 3 MB, several doublings past the first chunk
 	msg := map[string]any{"jsonrpc": "2.0", "id": 7, "method": "x", "params": map[string]string{"p": param}}
 	var buf bytes.Buffer
-	if err := (Codec{}).WriteObject(&buf, msg); err != nil {
+	if err := (codec{}).WriteObject(&buf, msg); err != nil {
 		t.Fatal(err)
 	}
 	var req jsonrpc2.Request
-	if err := (Codec{}).ReadObject(bufio.NewReader(iotest.HalfReader(&buf)), &req); err != nil {
+	if err := (codec{}).ReadObject(bufio.NewReader(iotest.HalfReader(&buf)), &req); err != nil {
 		t.Fatal(err)
 	}
 	var p map[string]string
@@ -193,7 +193,7 @@ func TestCodecLargeBodyInPieces(t *testing.T) {
 func TestCodecSkipsBodiesThatAreNotMessages(t *testing.T) {
 	cap := capture.New()
 	defer cap.Close()
-	c := Codec{Logger: cap.Logger}
+	c := codec{log: cap.Logger}
 	valid := `{"jsonrpc":"2.0","id":3,"method":"ping"}`
 	in := frame("not json at all") + frame(`[1,2]`) + frame(`{"id":1}`) + frame(`"str"`) + frame(valid)
 	r := bufio.NewReader(strings.NewReader(in))
@@ -222,7 +222,7 @@ func TestCodecSkippedFrameLeavesNoTrace(t *testing.T) {
 		A string
 		B int
 	}
-	if err := (Codec{}).ReadObject(bufio.NewReader(strings.NewReader(in)), &v); err != nil {
+	if err := (codec{}).ReadObject(bufio.NewReader(strings.NewReader(in)), &v); err != nil {
 		t.Fatal(err)
 	}
 	if v.A != "" || v.B != 1 {

@@ -1,8 +1,8 @@
-// Package transport carries the runtime's JSON-RPC connection: framing with
-// a size cap, connections over a child process's stdio, TCP and an
-// in-memory pipe with bounded requests in flight and a write timeout, and
-// the middleware that answers token requests through a per-connection
-// actors.Router and hands every other message on.
+// Package transport serves a runtime's JSON-RPC connection over any
+// io.ReadWriteCloser (a child process's stdio, TCP, net.Pipe): LSP-style
+// framing with a size cap, bounded requests in flight, a write timeout, and
+// the middleware that answers the runtime's token requests through the
+// connection's own actors.Router and hands every other message on.
 package transport
 
 import (
@@ -11,45 +11,51 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"sync"
 	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/actors"
 )
 
 // Defaults of ConnOptions.
 const (
-	// DefaultMaxInFlight caps the requests a connection answers at once.
-	// The runtime sends at most one token request per model request per
-	// session, so 1024 lets every session of a busy connection wait on a
-	// slow credential together, while a runtime that stops reading its
-	// replies holds at most 1024 goroutines, about 10 MiB with their stacks
-	// (BENCHMARKS.md).
-	DefaultMaxInFlight = 1024
-	// DefaultWriteTimeout bounds one write to the runtime. A healthy runtime
-	// reads its replies within milliseconds; one that has not read for 30 s
-	// is stuck, and its connection ends.
-	DefaultWriteTimeout = 30 * time.Second
+	// defaultMaxInFlight: the runtime sends at most one token request per
+	// model request per session, so 1024 lets every session of a busy
+	// connection wait on a slow credential together, while a runtime that
+	// stops reading its replies holds at most 1024 goroutines, about 10 MiB
+	// with their stacks (BENCHMARKS.md).
+	defaultMaxInFlight = 1024
+	// defaultWriteTimeout: a healthy runtime reads its replies within
+	// milliseconds; one that has not read for 30 s is stuck.
+	defaultWriteTimeout = 30 * time.Second
 )
 
 // errWriteTimeout is why a connection ended when the runtime stopped
 // reading: a write did not complete within ConnOptions.WriteTimeout.
 var errWriteTimeout = errors.New("transport: the runtime did not read what was written to it")
 
-// ConnOptions configure NewConn. Logger, TracerProvider and MeterProvider
-// left nil are the broker's.
+// ConnOptions configure NewConn. The zero value is the broker's logger and
+// OpenTelemetry providers with the default limits.
 type ConnOptions struct {
-	Options
-	MaxFrameSize int // 0: DefaultMaxFrameSize
+	// Logger, TracerProvider and MeterProvider receive the connection's
+	// logs, token request spans and metrics. Nil: the broker's.
+	Logger         *slog.Logger
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	// MaxFrameSize caps one message; a frame announcing more ends the
+	// connection before any of it is read. 0: 16 MiB, ample for the
+	// runtime's largest messages (events carrying model output).
+	MaxFrameSize int
 	// MaxInFlight caps the requests being answered at once. At the cap the
 	// connection stops reading until one is answered, which pushes back on
-	// the runtime instead of failing requests. 0: DefaultMaxInFlight.
+	// the runtime instead of failing requests. 0: 1024.
 	MaxInFlight int
 	// WriteTimeout bounds each write to the runtime; when it passes, the
-	// connection ends as if its framing broke. 0: DefaultWriteTimeout.
+	// connection ends as if its framing broke. 0: 30 s.
 	WriteTimeout time.Duration
 }
 
@@ -57,8 +63,7 @@ type ConnOptions struct {
 // own Router. When the connection ends, for whatever reason, the Router
 // closes: its sessions stop and their pending requests fail.
 type Conn struct {
-	*jsonrpc2.Conn
-
+	rpc      *jsonrpc2.Conn
 	router   *actors.Router
 	rwc      *writeBound
 	tokens   jsonrpc2.Handler
@@ -89,20 +94,20 @@ func NewConn(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser,
 		opts.MeterProvider = broker.MeterProvider()
 	}
 	if opts.MaxInFlight <= 0 {
-		opts.MaxInFlight = DefaultMaxInFlight
+		opts.MaxInFlight = defaultMaxInFlight
 	}
 	if opts.WriteTimeout <= 0 {
-		opts.WriteTimeout = DefaultWriteTimeout
+		opts.WriteTimeout = defaultWriteTimeout
 	}
 	c := &Conn{router: broker.NewRouter(), next: next, slots: make(chan struct{}, opts.MaxInFlight), watched: make(chan struct{})}
-	c.tokens = TokenHandler(c.router, next, opts.Options)
+	c.tokens = newTokenHandler(c.router, next, opts)
 	c.rwc = boundWrites(rwc, opts.WriteTimeout, opts.Logger)
-	stream := NewStream(c.rwc, Codec{MaxFrameSize: opts.MaxFrameSize, Logger: opts.Logger})
+	stream := jsonrpc2.NewBufferedStream(c.rwc, codec{maxFrameSize: opts.MaxFrameSize, log: opts.Logger})
 	// The connection outlives the ctx of the call that made it.
-	c.Conn = jsonrpc2.NewConn(context.WithoutCancel(ctx), stream, HandlerFunc(c.handle), jsonrpc2.SetLogger(slogAdapter{opts.Logger}))
+	c.rpc = jsonrpc2.NewConn(context.WithoutCancel(ctx), stream, handlerFunc(c.handle), jsonrpc2.SetLogger(slogAdapter{opts.Logger}))
 	go func() {
 		defer close(c.watched)
-		<-c.Conn.DisconnectNotify()
+		<-c.rpc.DisconnectNotify()
 		c.router.Close()
 	}()
 	return c
@@ -110,6 +115,14 @@ func NewConn(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteCloser,
 
 // Router returns the connection's session registry.
 func (c *Conn) Router() *actors.Router { return c.router }
+
+// Call sends a request to the runtime and waits for its answer, decoded
+// into result (nil: ignored), or for ctx to end. A JSON-RPC error reply is
+// returned as a *jsonrpc2.Error; once the connection has ended, the error
+// is jsonrpc2.ErrClosed or the stream's own.
+func (c *Conn) Call(ctx context.Context, method string, params, result any) error {
+	return c.rpc.Call(ctx, method, params, result)
+}
 
 // handle runs on the read loop, so blocking here for a free slot is what
 // stops reading at the cap. ctx ends when the connection is closed; a write
@@ -148,7 +161,7 @@ func (c *Conn) handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Re
 // Close closes the connection and returns once its sessions are closed and
 // every request it was handling has returned.
 func (c *Conn) Close() error {
-	err := c.Conn.Close()
+	err := c.rpc.Close()
 	if errors.Is(err, jsonrpc2.ErrClosed) {
 		err = nil
 	}
@@ -208,12 +221,10 @@ func (w *writeBound) expire() {
 	})
 }
 
-// HandlerFunc adapts a function to jsonrpc2.Handler, as http.HandlerFunc
-// does for net/http.
-type HandlerFunc func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request)
+// handlerFunc adapts a function to jsonrpc2.Handler.
+type handlerFunc func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request)
 
-// Handle calls f.
-func (f HandlerFunc) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+func (f handlerFunc) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
 	f(ctx, conn, req)
 }
 
@@ -222,15 +233,4 @@ type slogAdapter struct{ l *slog.Logger }
 
 func (a slogAdapter) Printf(format string, v ...any) {
 	a.l.Debug(fmt.Sprintf(format, v...), "lib", "jsonrpc2")
-}
-
-// Pipe returns the two ends of an in-memory, synchronous connection.
-func Pipe() (client, runtime io.ReadWriteCloser) {
-	return net.Pipe()
-}
-
-// Dial connects to a runtime listening on addr over TCP.
-func Dial(ctx context.Context, addr string) (net.Conn, error) {
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", addr)
 }

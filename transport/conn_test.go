@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"runtime"
 	"strconv"
 	"sync"
@@ -55,17 +56,17 @@ type rtConn struct {
 	client *Conn
 }
 
-// dial connects a runtime client to a new Conn of b over Pipe.
+// dial connects a runtime client to a new Conn of b over net.Pipe.
 func dial(t *testing.T, b *actors.Broker, opts ConnOptions, next jsonrpc2.Handler) *rtConn {
 	t.Helper()
-	clientEnd, runtimeEnd := Pipe()
+	clientEnd, runtimeEnd := net.Pipe()
 	ctx := context.Background()
 	client := NewConn(ctx, b, clientEnd, next, opts)
-	rt := jsonrpc2.NewConn(ctx, NewStream(runtimeEnd, Codec{}), noRequests{})
+	rt := jsonrpc2.NewConn(ctx, jsonrpc2.NewBufferedStream(runtimeEnd, codec{}), noRequests{})
 	t.Cleanup(func() {
 		_ = rt.Close()
 		_ = client.Close()
-		<-client.DisconnectNotify()
+		<-client.Done()
 		<-rt.DisconnectNotify()
 	})
 	return &rtConn{Conn: rt, client: client}
@@ -150,10 +151,45 @@ func TestConnRouterClosesWhenRuntimeDisconnects(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = rt.Close()
-	waitFor(t, "client side noticing the disconnect", rt.client.DisconnectNotify())
+	waitFor(t, "client side noticing the disconnect", rt.client.Done())
 	eventually(t, "router closing", func() bool { return rt.client.Router().Len() == 0 })
 	if err := rt.client.Router().Open("s2", []actors.Provider{{Name: "p", Source: staticSource("t2")}}); !errors.Is(err, actors.ErrClosed) {
 		t.Fatalf("Open on a dead connection: %v", err)
+	}
+}
+
+// Call reaches the runtime over the connection: an answer is decoded into
+// result, an error reply comes back as a *jsonrpc2.Error, and a closed
+// connection fails at once with jsonrpc2.ErrClosed.
+func TestConnCall(t *testing.T) {
+	verifyNoLeaks(t)
+	b := newTestBroker(t, actors.Options{})
+	clientEnd, runtimeEnd := net.Pipe()
+	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	defer cancel()
+	client := NewConn(ctx, b, clientEnd, nil, ConnOptions{})
+	rt := jsonrpc2.NewConn(ctx, jsonrpc2.NewBufferedStream(runtimeEnd, codec{}), jsonrpc2.HandlerWithError(
+		func(_ context.Context, _ *jsonrpc2.Conn, req *jsonrpc2.Request) (any, error) {
+			if req.Method != "echo" {
+				return nil, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "no " + req.Method}
+			}
+			return req.Params, nil
+		}))
+	defer func() { _ = rt.Close(); <-rt.DisconnectNotify() }()
+
+	var got map[string]string
+	if err := client.Call(ctx, "echo", map[string]string{"said": "hello"}, &got); err != nil || got["said"] != "hello" {
+		t.Fatalf("Call(echo) = %v, %v", got, err)
+	}
+	var rpcErr *jsonrpc2.Error
+	if err := client.Call(ctx, "session.nothing", nil, nil); !errors.As(err, &rpcErr) || rpcErr.Code != jsonrpc2.CodeMethodNotFound {
+		t.Fatalf("Call of a method the runtime lacks: %v", err)
+	}
+	if err := client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Call(ctx, "echo", nil, nil); !errors.Is(err, jsonrpc2.ErrClosed) {
+		t.Fatalf("Call after Close: %v, want jsonrpc2.ErrClosed", err)
 	}
 }
 
@@ -167,7 +203,7 @@ type rawPeer struct {
 
 func dialRaw(t *testing.T, b *actors.Broker, opts ConnOptions, next jsonrpc2.Handler) (*Conn, *rawPeer) {
 	t.Helper()
-	clientEnd, runtimeEnd := Pipe()
+	clientEnd, runtimeEnd := net.Pipe()
 	client := NewConn(context.Background(), b, clientEnd, next, opts)
 	p := &rawPeer{w: runtimeEnd, replies: make(chan json.RawMessage, 64), done: make(chan struct{})}
 	go func() {
@@ -175,7 +211,7 @@ func dialRaw(t *testing.T, b *actors.Broker, opts ConnOptions, next jsonrpc2.Han
 		r := bufio.NewReader(runtimeEnd)
 		for {
 			var m json.RawMessage
-			if err := (Codec{}).ReadObject(r, &m); err != nil {
+			if err := (codec{}).ReadObject(r, &m); err != nil {
 				return
 			}
 			p.replies <- m
@@ -184,7 +220,7 @@ func dialRaw(t *testing.T, b *actors.Broker, opts ConnOptions, next jsonrpc2.Han
 	t.Cleanup(func() {
 		_ = runtimeEnd.Close()
 		_ = client.Close()
-		<-client.DisconnectNotify()
+		<-client.Done()
 		<-p.done
 	})
 	return client, p
@@ -236,7 +272,7 @@ func TestConnBadFramingClosesConnection(t *testing.T) {
 				t.Fatal(err)
 			}
 			go peer.write(in)
-			waitFor(t, "connection closing", client.DisconnectNotify())
+			waitFor(t, "connection closing", client.Done())
 			waitFor(t, "pipe closing", peer.done)
 			eventually(t, "router closing", func() bool { return client.Router().Len() == 0 })
 		})
@@ -356,7 +392,7 @@ func TestConnInFlightCapStopsReading(t *testing.T) {
 		release := make(chan struct{})
 		var running, peak atomic.Int32
 		notified := make(chan struct{}, 1)
-		next := HandlerFunc(func(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+		next := handlerFunc(func(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
 			if req.Notif {
 				notified <- struct{}{}
 				return
@@ -422,7 +458,7 @@ func TestConnUnreadRepliesUseBoundedMemory(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 
-	clientEnd, runtimeEnd := Pipe()
+	clientEnd, runtimeEnd := net.Pipe()
 	client := NewConn(context.Background(), b, clientEnd, nil, ConnOptions{})
 	t.Cleanup(func() {
 		_ = runtimeEnd.Close()
@@ -471,7 +507,7 @@ func TestConnUnreadRepliesUseBoundedMemory(t *testing.T) {
 			Result struct{ Token string }
 			Error  *jsonrpc2.Error
 		}
-		if err := (Codec{}).ReadObject(r, &m); err != nil || m.Result.Token != "tok-mem" {
+		if err := (codec{}).ReadObject(r, &m); err != nil || m.Result.Token != "tok-mem" {
 			t.Fatalf("reply: %+v %v", m, err)
 		}
 	}
@@ -493,7 +529,7 @@ func TestConnUnreadRepliesUseBoundedMemory(t *testing.T) {
 // ReadWriteCloser).
 func TestConnWriteTimeoutEndsConnection(t *testing.T) {
 	for name, pipe := range map[string]func() (io.ReadWriteCloser, io.ReadWriteCloser){
-		"net.Pipe": Pipe,
+		"net.Pipe": func() (io.ReadWriteCloser, io.ReadWriteCloser) { return net.Pipe() },
 		"io.Pipe":  ioPipes,
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -508,7 +544,7 @@ func TestConnWriteTimeoutEndsConnection(t *testing.T) {
 					_, _ = io.WriteString(runtimeEnd, frame(`{"jsonrpc":"2.0","id":1,"method":"providerToken.getToken","params":{"sessionId":"s","providerName":"p"}}`))
 				}()
 				start := time.Now()
-				time.Sleep(DefaultWriteTimeout - time.Millisecond)
+				time.Sleep(defaultWriteTimeout - time.Millisecond)
 				synctest.Wait()
 				select {
 				case <-client.Done():

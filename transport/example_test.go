@@ -3,6 +3,7 @@ package transport_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
@@ -18,7 +19,7 @@ import (
 func ExampleNewConn() {
 	broker := actors.NewBroker(actors.Options{})
 	defer broker.Close()
-	clientEnd, runtimeEnd := transport.Pipe()
+	clientEnd, runtimeEnd := net.Pipe()
 	conn := transport.NewConn(context.Background(), broker, clientEnd, nil, transport.ConnOptions{})
 	defer conn.Close()
 
@@ -27,7 +28,7 @@ func ExampleNewConn() {
 		panic(err)
 	}
 
-	runtime := jsonrpc2.NewConn(context.Background(), transport.NewStream(runtimeEnd, transport.Codec{}),
+	runtime := jsonrpc2.NewConn(context.Background(), jsonrpc2.NewBufferedStream(runtimeEnd, jsonrpc2.VSCodeObjectCodec{}),
 		jsonrpc2.HandlerWithError(func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) { return nil, nil }))
 	defer runtime.Close()
 	var result map[string]any

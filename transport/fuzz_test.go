@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -46,7 +47,7 @@ func FuzzDecodeTokenRequest(f *testing.F) {
 			method = MethodAcquire
 		}
 		raw := json.RawMessage(params)
-		req, _, rpcErr := DecodeTokenRequest(method, &raw)
+		req, _, rpcErr := decodeTokenRequest(method, &raw)
 		if rpcErr != nil {
 			if rpcErr.Code != jsonrpc2.CodeInvalidParams || !strings.HasPrefix(rpcErr.Message, method+": ") {
 				t.Fatalf("refusal %d %q", rpcErr.Code, rpcErr.Message)
@@ -163,7 +164,7 @@ func FuzzDecodeTokenRequestFields(f *testing.F) {
 			t.Fatal(err)
 		}
 		raw := json.RawMessage(b)
-		req, _, rpcErr := DecodeTokenRequest(method, &raw)
+		req, _, rpcErr := decodeTokenRequest(method, &raw)
 		if session == "" || provider == "" {
 			if rpcErr == nil {
 				t.Fatalf("empty field accepted: %+v", req)
@@ -218,7 +219,7 @@ func FuzzReadObject(f *testing.F) {
 		src := bytes.NewReader(data)
 		r := bufio.NewReaderSize(src, 16)
 		left := func() int { return src.Len() + r.Buffered() }
-		c := Codec{MaxFrameSize: fuzzFrameCap}
+		c := codec{maxFrameSize: fuzzFrameCap}
 		for {
 			before := left()
 			var m json.RawMessage
@@ -229,7 +230,7 @@ func FuzzReadObject(f *testing.F) {
 					if left() != 0 {
 						t.Fatalf("clean EOF with %d bytes left", left())
 					}
-				case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, ErrBadFrame), errors.Is(err, ErrFrameTooLarge):
+				case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, errBadFrame), errors.Is(err, errFrameTooLarge):
 				default:
 					t.Fatalf("undocumented error %v", err)
 				}
@@ -281,7 +282,7 @@ func FuzzConn(f *testing.F) {
 	f.Cleanup(func() { _ = b.Close() })
 	src := staticSource("tok-fuzz-owner")
 	f.Fuzz(func(t *testing.T, data []byte) {
-		clientEnd, runtimeEnd := Pipe()
+		clientEnd, runtimeEnd := net.Pipe()
 		conn := NewConn(context.Background(), b, clientEnd, nil, ConnOptions{MaxFrameSize: fuzzFrameCap})
 		if err := conn.Router().Open("s", []actors.Provider{{Name: "p", Scope: "sc", Source: src}}); err != nil {
 			t.Fatal(err)
@@ -294,7 +295,7 @@ func FuzzConn(f *testing.F) {
 			r := bufio.NewReader(runtimeEnd)
 			for {
 				var m json.RawMessage
-				if (Codec{}).ReadObject(r, &m) != nil {
+				if (codec{}).ReadObject(r, &m) != nil {
 					return
 				}
 				replies = append(replies, m)
@@ -304,7 +305,7 @@ func FuzzConn(f *testing.F) {
 		// Give in-flight requests a moment to be answered, then hang up.
 		time.Sleep(time.Millisecond)
 		_ = runtimeEnd.Close()
-		waitFor(t, "connection ending with its stream", conn.DisconnectNotify())
+		waitFor(t, "connection ending with its stream", conn.Done())
 		wg.Wait()
 		eventually(t, "router of the ended connection closing", func() bool { return conn.Router().Len() == 0 })
 

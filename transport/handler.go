@@ -8,10 +8,7 @@ import (
 	"strconv"
 
 	"github.com/sourcegraph/jsonrpc2"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/requestobs"
@@ -35,33 +32,13 @@ const (
 	CodeClosed          = -32006
 )
 
-// Options configure the token middleware.
-type Options struct {
-	Logger         *slog.Logger // nil: silent
-	TracerProvider trace.TracerProvider
-	MeterProvider  metric.MeterProvider
-}
-
-// TokenHandler is the middleware: it answers the runtime's token requests
-// through router and hands every other message to next (nil: unknown
-// methods get a method-not-found error, notifications are dropped). It
-// answers each request before returning, so a caller serving it on a
-// connection's read loop should run it in a goroutine per request (as
-// jsonrpc2.AsyncHandler does); nil providers in opts mean the global ones.
-func TokenHandler(router *actors.Router, next jsonrpc2.Handler, opts Options) jsonrpc2.Handler {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	tp := opts.TracerProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
-	mp := opts.MeterProvider
-	if mp == nil {
-		mp = otel.GetMeterProvider()
-	}
-	return &tokenHandler{router: router, next: next, log: log, obs: requestobs.New(tp, mp)}
+// newTokenHandler is the middleware: it answers the runtime's token
+// requests through router and hands every other message to next (nil:
+// unknown methods get a method-not-found error, notifications are dropped).
+// It answers each request before returning, so NewConn runs it in a
+// goroutine per request. opts carries the logger and providers, set.
+func newTokenHandler(router *actors.Router, next jsonrpc2.Handler, opts ConnOptions) *tokenHandler {
+	return &tokenHandler{router: router, next: next, log: opts.Logger, obs: requestobs.New(opts.TracerProvider, opts.MeterProvider)}
 }
 
 type tokenHandler struct {
@@ -117,9 +94,9 @@ type (
 	}
 )
 
-// DecodeTokenRequest parses a token request's params; the error is the
+// decodeTokenRequest parses a token request's params; the error is the
 // -32602 reply to send.
-func DecodeTokenRequest(method string, params *json.RawMessage) (tokens.Request, json.RawMessage, *jsonrpc2.Error) {
+func decodeTokenRequest(method string, params *json.RawMessage) (tokens.Request, json.RawMessage, *jsonrpc2.Error) {
 	invalid := func(msg string) *jsonrpc2.Error {
 		return &jsonrpc2.Error{Code: jsonrpc2.CodeInvalidParams, Message: method + ": " + msg}
 	}
@@ -152,7 +129,7 @@ func DecodeTokenRequest(method string, params *json.RawMessage) (tokens.Request,
 }
 
 func (h *tokenHandler) serve(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request, d requestobs.Dialect) {
-	treq, meta, perr := DecodeTokenRequest(req.Method, req.Params)
+	treq, meta, perr := decodeTokenRequest(req.Method, req.Params)
 	var reqMeta json.RawMessage
 	if req.Meta != nil {
 		reqMeta = *req.Meta

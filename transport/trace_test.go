@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,7 +32,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/transport"
 )
 
-// These tests run a real transport (NewConn over Pipe, Content-Length
+// These tests run a real transport (NewConn over net.Pipe, Content-Length
 // framing, the async handler) with a small jsonrpc2 client playing the
 // runtime, inside a synctest bubble so token lifetimes pass without sleeping.
 
@@ -81,17 +82,17 @@ func newTraced(t *testing.T) *traced {
 		MeterProvider:  mp,
 		Rand:           func() float64 { return 0 }, // no jitter: refresh points are exact
 	})
-	client, runtime := transport.Pipe()
+	client, runtime := net.Pipe()
 	ctx := context.Background()
 	conn := transport.NewConn(ctx, broker, client, nil, transport.ConnOptions{
-		Options: transport.Options{TracerProvider: tp, MeterProvider: mp},
+		TracerProvider: tp, MeterProvider: mp,
 	})
-	rt := jsonrpc2.NewConn(ctx, transport.NewStream(runtime, transport.Codec{}), jsonrpc2.HandlerWithError(
+	rt := jsonrpc2.NewConn(ctx, jsonrpc2.NewBufferedStream(runtime, jsonrpc2.VSCodeObjectCodec{}), jsonrpc2.HandlerWithError(
 		func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) { return nil, nil }))
 	tr := &traced{t: t, rec: rec, reader: reader, broker: broker, conn: conn, runtime: rt, secrets: &secretLog{}}
 	t.Cleanup(func() {
 		_ = rt.Close()
-		<-conn.DisconnectNotify()
+		<-conn.Done()
 		if err := broker.Close(); err != nil {
 			t.Error(err)
 		}
@@ -728,10 +729,10 @@ func TestConnInheritsBrokerObservability(t *testing.T) {
 					opts.TracerProvider, opts.MeterProvider = conns.TracerProvider, conns.MeterProvider
 					want, other = conns, brokers
 				}
-				client, runtime := transport.Pipe()
+				client, runtime := net.Pipe()
 				conn := transport.NewConn(context.Background(), b, client, nil, opts)
 				defer conn.Close()
-				rt := jsonrpc2.NewConn(context.Background(), transport.NewStream(runtime, transport.Codec{}), jsonrpc2.HandlerWithError(
+				rt := jsonrpc2.NewConn(context.Background(), jsonrpc2.NewBufferedStream(runtime, jsonrpc2.VSCodeObjectCodec{}), jsonrpc2.HandlerWithError(
 					func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) { return nil, nil }))
 				defer rt.Close()
 				if err := conn.Router().Open("s", []actors.Provider{{Name: "p", Source: tokens.Static(tokens.Token{Value: "tok-inherit", ExpiresOn: time.Now().Add(time.Hour)})}}); err != nil {

@@ -45,7 +45,7 @@ func newBenchRig(b *testing.B, runtime string, recorded bool) *benchRig {
 	if err != nil {
 		b.Fatal(err)
 	}
-	opts := transport.ConnOptions{Options: transport.Options{TracerProvider: tp, MeterProvider: mp}}
+	opts := transport.ConnOptions{TracerProvider: tp, MeterProvider: mp}
 	var d driver
 	if runtime == "direct" {
 		d = newDirect(ctx, cfg, broker, creds, opts)

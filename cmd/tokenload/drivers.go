@@ -192,9 +192,9 @@ type directDriver struct {
 }
 
 func newDirect(ctx context.Context, cfg *config, broker *actors.Broker, creds *credentials, opts transport.ConnOptions) *directDriver {
-	client, runtime := transport.Pipe()
+	client, runtime := net.Pipe()
 	conn := transport.NewConn(ctx, broker, client, nil, opts)
-	rt := jsonrpc2.NewConn(ctx, transport.NewStream(runtime, transport.Codec{}), jsonrpc2.HandlerWithError(
+	rt := jsonrpc2.NewConn(ctx, jsonrpc2.NewBufferedStream(runtime, jsonrpc2.VSCodeObjectCodec{}), jsonrpc2.HandlerWithError(
 		func(context.Context, *jsonrpc2.Conn, *jsonrpc2.Request) (any, error) { return nil, nil }),
 		// Replies to calls cut short by the end of the run are expected.
 		jsonrpc2.SetLogger(log.New(io.Discard, "", 0)))
@@ -248,7 +248,7 @@ func (d *directDriver) invalidate() { d.creds.invalidate(d.conn.Router()) }
 
 func (d *directDriver) close() error {
 	err := d.rt.Close()
-	<-d.conn.DisconnectNotify()
+	<-d.conn.Done()
 	if errors.Is(err, jsonrpc2.ErrClosed) {
 		err = nil
 	}
@@ -288,7 +288,7 @@ func newTurnDriver(ctx context.Context, cfg *config, broker *actors.Broker, cred
 	case "sim":
 		dialect, _ := runtimesim.ParseDialect(cfg.Dialect) // checked by parseFlags
 		d.sim = runtimesim.New(runtimesim.Options{Dialect: dialect})
-		clientEnd, runtimeEnd := transport.Pipe()
+		clientEnd, runtimeEnd := net.Pipe()
 		d.simDone = make(chan struct{})
 		go func() {
 			defer close(d.simDone)
@@ -298,7 +298,7 @@ func newTurnDriver(ctx context.Context, cfg *config, broker *actors.Broker, cred
 		d.desc = fmt.Sprintf("embedded simulator (%s dialect)", dialect)
 	case "tcp":
 		var conn net.Conn
-		conn, err = transport.Dial(ctx, cfg.Addr)
+		conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Addr)
 		if err == nil {
 			d.client, err = client.Connect(ctx, broker, conn, copts)
 		}

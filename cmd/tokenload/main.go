@@ -343,7 +343,7 @@ func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) 
 	if err != nil {
 		return nil, err
 	}
-	opts := transport.ConnOptions{Options: transport.Options{TracerProvider: providers.Tracer, MeterProvider: providers.Meter}}
+	opts := transport.ConnOptions{TracerProvider: providers.Tracer, MeterProvider: providers.Meter}
 	var d driver
 	if cfg.Runtime == "direct" {
 		d = newDirect(context.WithoutCancel(ctx), cfg, broker, creds, opts)

@@ -35,6 +35,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -56,7 +57,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
-	"github.com/tokenbroker/tokenbroker/transport"
 )
 
 const defaultScope = "https://cognitiveservices.azure.com/.default"
@@ -272,7 +272,7 @@ func connect(ctx context.Context, broker *actors.Broker, cfg config, real bool) 
 			opts.HTTPClient = &http.Client{Timeout: 2 * time.Minute}
 		}
 		sim := runtimesim.New(opts)
-		clientEnd, runtimeEnd := transport.Pipe()
+		clientEnd, runtimeEnd := net.Pipe()
 		go sim.Serve(context.WithoutCancel(ctx), runtimeEnd) // ends when the client closes its end
 		c, err := client.Connect(ctx, broker, clientEnd, client.Options{})
 		label := fmt.Sprintf("embedded simulator, %s dialect", d)

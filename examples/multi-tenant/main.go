@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"sort"
@@ -40,7 +41,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
-	"github.com/tokenbroker/tokenbroker/transport"
 )
 
 const scope = "https://cognitiveservices.azure.com/.default"
@@ -127,7 +127,7 @@ func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName s
 		return err
 	}
 	sim := runtimesim.New(runtimesim.Options{Dialect: d})
-	clientEnd, runtimeEnd := transport.Pipe()
+	clientEnd, runtimeEnd := net.Pipe()
 	go sim.Serve(context.WithoutCancel(ctx), runtimeEnd)
 	client, err := client.Connect(ctx, broker, clientEnd, client.Options{})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"sort"
@@ -174,14 +175,14 @@ func run(ctx context.Context, out io.Writer, runtimeName, dialectName string, tu
 
 // connect starts the runtime and the client that drives it.
 func connect(ctx context.Context, broker *actors.Broker, runtimeName, dialectName string, tp *sdktrace.TracerProvider) (*client.Client, string, error) {
-	opts := client.Options{Conn: transport.ConnOptions{Options: transport.Options{TracerProvider: tp}}}
+	opts := client.Options{Conn: transport.ConnOptions{TracerProvider: tp}}
 	switch runtimeName {
 	case "simulator":
 		d, err := runtimesim.ParseDialect(dialectName)
 		if err != nil {
 			return nil, "", err
 		}
-		clientEnd, runtimeEnd := transport.Pipe()
+		clientEnd, runtimeEnd := net.Pipe()
 		sim := runtimesim.New(runtimesim.Options{Dialect: d})
 		go sim.Serve(context.WithoutCancel(ctx), runtimeEnd) // ends when the client closes its end
 		c, err := client.Connect(ctx, broker, clientEnd, opts)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/sessions"
+	"github.com/tokenbroker/tokenbroker/sessions/client/internal/process"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
 
@@ -28,8 +29,11 @@ func DefaultCLIArgs() []string {
 	return []string{"--headless", "--no-auto-update", "--stdio", "--no-auto-login"}
 }
 
-// DefaultEventBuffer is how many unread events a session keeps.
-const DefaultEventBuffer = 64
+// Defaults of Options.
+const (
+	defaultEventBuffer = 64              // unread events a session keeps
+	defaultStopGrace   = 5 * time.Second // a runtime's time to exit after its stdin closes
+)
 
 // Options configure Start and Connect. The zero value works for
 // Connect; Start needs a CLI path here or in COPILOT_CLI_PATH.
@@ -47,10 +51,13 @@ type Options struct {
 	Home string
 	// Dir is the runtime's working directory. Empty: this process's.
 	Dir string
-	// The runtime's environment is this process's variables named by
-	// RuntimeEnv, HOME and COPILOT_HOME (see Home), then Env. Nothing else
-	// is passed: a credential in the service's environment (AZURE_*,
-	// IDENTITY_*, MSI_*, AWS_*, GITHUB_TOKEN, ...) stays there.
+	// Env is added last to the runtime's environment, and wins. Before it
+	// come this process's variables named by RuntimeEnv or InheritEnv, then
+	// HOME and COPILOT_HOME set to Home (HOME only when InheritEnv does not
+	// pass this process's), and XDG_CACHE_HOME set to this process's cache
+	// directory when it is not passed. Nothing else is: a credential in the
+	// service's environment (AZURE_*, IDENTITY_*, MSI_*, AWS_*,
+	// GITHUB_TOKEN, ...) stays there.
 	Env []string
 	// InheritEnv names more variables the runtime inherits from this
 	// process ("X*" for a prefix, "*" for all of them, "HOME" for the
@@ -62,12 +69,12 @@ type Options struct {
 	// Nil: discarded. Start's errors quote its last lines either way.
 	Stderr io.Writer
 	// StopGrace is how long Close lets a runtime started by Start exit
-	// after its stdin closes before killing its process group. 0:
-	// transport.DefaultStopGrace.
+	// after its stdin closes before killing its process group. 0: 5 s.
 	StopGrace time.Duration
 	// Permission decides whether the runtime may run a tool, for every
 	// session (the client creates them with "requestPermission": true
-	// unless their Extra sets it). Nil: DenyAll.
+	// unless their Extra sets it). Nil: every tool is denied, with
+	// DenyReason.
 	Permission PermissionHandler
 
 	// Conn configures the connection: its limits (frame size, requests in
@@ -76,19 +83,20 @@ type Options struct {
 	Conn transport.ConnOptions
 	// Handler receives what the runtime sends that the client does not
 	// handle itself: notifications other than session events of its
-	// sessions, and requests other than token requests. Each runs in its
-	// own goroutine; Close waits for the calls in progress. Nil:
-	// notifications are dropped, requests get method-not-found.
+	// sessions, and requests other than token requests. Requests each run
+	// in their own goroutine, and Close waits for them; notifications run
+	// in arrival order on the connection's read loop, so Handler must not
+	// block on them. Nil: notifications are dropped, requests get
+	// method-not-found.
 	Handler jsonrpc2.Handler
 	// EventBuffer is how many unread events each Session.Events channel
-	// holds; when it is full the oldest is dropped. 0: DefaultEventBuffer;
-	// negative: no Events channel (SendAndWait still works).
+	// holds; when it is full the oldest is dropped. 0: 64; negative: no
+	// Events channel (SendAndWait still works).
 	EventBuffer int
 }
 
 // ServerInfo is the runtime's answer to connect.
 type ServerInfo struct {
-	OK              bool   `json:"ok"`
 	ProtocolVersion int    `json:"protocolVersion"`
 	Version         string `json:"version"`
 }
@@ -99,10 +107,9 @@ type ServerInfo struct {
 // on the same connection, through the connection's own actors.Router.
 type Client struct {
 	tc      *transport.Conn
-	conn    *jsonrpc2.Conn
 	router  *actors.Router
 	handler jsonrpc2.Handler
-	proc    *transport.Process
+	proc    *process.Process
 	perm    *permissions
 	home    string // removed by Close when ownHome
 	ownHome bool
@@ -145,15 +152,22 @@ func newClient(ctx context.Context, broker *actors.Broker, rwc io.ReadWriteClose
 		watched:  make(chan struct{}),
 	}
 	if c.buffer == 0 {
-		c.buffer = DefaultEventBuffer
+		c.buffer = defaultEventBuffer
 	}
 	// transport.NewConn answers token requests, runs every request in its
 	// own goroutine and hands notifications to dispatch in arrival order, so
 	// an answer and the idle event after it are never swapped.
-	c.tc = transport.NewConn(ctx, broker, rwc, transport.HandlerFunc(c.dispatch), opts.Conn)
-	c.conn, c.router = c.tc.Conn, c.tc.Router()
+	c.tc = transport.NewConn(ctx, broker, rwc, dispatcher{c}, opts.Conn)
+	c.router = c.tc.Router()
 	go c.watch()
 	return c
+}
+
+// dispatcher is the client as its connection's handler.
+type dispatcher struct{ c *Client }
+
+func (d dispatcher) Handle(ctx context.Context, conn *jsonrpc2.Conn, req *jsonrpc2.Request) {
+	d.c.dispatch(ctx, conn, req)
 }
 
 // dispatch receives what the token middleware does not answer: session
@@ -204,7 +218,7 @@ func (c *Client) handshake(ctx context.Context) error {
 	err := c.call(ctx, "connect", struct{}{}, &c.info)
 	var rpcErr *jsonrpc2.Error
 	if errors.As(err, &rpcErr) && rpcErr.Code == jsonrpc2.CodeMethodNotFound {
-		return c.Ping(ctx)
+		return c.call(ctx, "ping", struct{}{}, nil)
 	}
 	return err
 }
@@ -213,18 +227,17 @@ func (c *Client) handshake(ctx context.Context) error {
 // knew ping).
 func (c *Client) Info() ServerInfo { return c.info }
 
-// Ping checks that the runtime answers.
-func (c *Client) Ping(ctx context.Context) error {
-	return c.call(ctx, "ping", struct{}{}, nil)
-}
-
 // Router is the connection's token routing: the sessions whose token
 // requests this client answers.
 func (c *Client) Router() *actors.Router { return c.router }
 
-// Conn is the JSON-RPC connection, for runtime methods the client does not
-// wrap. Do not close it; Close the client.
-func (c *Client) Conn() *jsonrpc2.Conn { return c.conn }
+// Call sends a runtime method the client does not wrap and decodes its
+// answer into result (nil: ignored). Its errors are those of the client's
+// own methods: the runtime's error reply matches ErrRuntime, a closed client
+// or ended connection ErrClosed.
+func (c *Client) Call(ctx context.Context, method string, params, result any) error {
+	return c.call(ctx, method, params, result)
+}
 
 // Pid is the runtime's process id, 0 when it was not started by Start.
 func (c *Client) Pid() int {
@@ -241,9 +254,9 @@ func (c *Client) Done() <-chan struct{} { return c.watched }
 // cancels the permission decisions in progress and, for a runtime started
 // by Start, stops the process (closes its stdin, waits up to StopGrace,
 // then kills its process group, descendants included) and removes the
-// temporary home. It returns within StopGrace and a fraction of a second. Sessions are not destroyed on the runtime first:
-// a runtime started by Start exits, and one reached by Connect keeps them
-// for a later resume.
+// temporary home. It returns within StopGrace and a fraction of a second.
+// Sessions are not destroyed on the runtime first: a runtime started by
+// Start exits, and one reached by Connect keeps them for a later resume.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
@@ -341,7 +354,7 @@ func (c *Client) session(id string) *Session {
 
 // call makes a request and maps the connection's errors to the client's.
 func (c *Client) call(ctx context.Context, method string, params, result any) error {
-	err := c.conn.Call(ctx, method, params, result)
+	err := c.tc.Call(ctx, method, params, result)
 	if err == nil {
 		return nil
 	}
@@ -354,15 +367,6 @@ func (c *Client) call(ctx context.Context, method string, params, result any) er
 	}
 	return fmt.Errorf("client: %s: %w", method, err)
 }
-
-// callError is the runtime's error reply to method.
-type callError struct {
-	method string
-	err    *jsonrpc2.Error
-}
-
-func (e *callError) Error() string   { return "client: " + e.method + ": " + e.err.Message }
-func (e *callError) Unwrap() []error { return []error{ErrRuntime, e.err} }
 
 // Runtime methods the client calls.
 const (

@@ -57,7 +57,7 @@ func (s *Session) Err() error {
 }
 
 // Send queues a prompt and returns the runtime's message id; the answer
-// comes as events.
+// comes as events on Events, up to EventSessionIdle.
 func (s *Session) Send(ctx context.Context, prompt string) (string, error) {
 	if err := s.Err(); err != nil {
 		return "", err
@@ -228,7 +228,7 @@ type turn struct {
 
 func relevant(ev Event) bool {
 	switch ev.Type {
-	case EventUserMessage, EventAssistantMessage, EventSessionIdle, EventSessionError, EventSessionWarning:
+	case eventUserMessage, EventAssistantMessage, EventSessionIdle, EventSessionError, eventSessionWarning:
 		return ev.AgentID == "" // a sub-agent's events are not the turn's
 	}
 	return false
@@ -255,11 +255,11 @@ func (t *turn) observe(ev Event) {
 	}
 	d := ev.data()
 	switch ev.Type {
-	case EventUserMessage:
+	case eventUserMessage:
 		if d.MessageID == t.msgID {
 			t.started = true
 		}
-	case EventSessionWarning:
+	case eventSessionWarning:
 		if d.WarningType == "policy_blocked" && d.OriginatingMessageID == t.msgID {
 			t.started = true
 		}

@@ -139,7 +139,7 @@ func TestClientOnSimulatorTCPResume(t *testing.T) {
 		}
 	})
 	dial := func() *client.Client {
-		conn, err := transport.Dial(ctx, ln.Addr().String())
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -66,7 +67,7 @@ func newScript(t *testing.T, opts ...client.Options) (*script, *client.Client, *
 		}
 	})
 	s := &script{t: t}
-	clientEnd, runtimeEnd := transport.Pipe()
+	clientEnd, runtimeEnd := net.Pipe()
 	s.jc = jsonrpc2.NewConn(context.Background(), jsonrpc2.NewBufferedStream(runtimeEnd, jsonrpc2.VSCodeObjectCodec{}),
 		jsonrpc2.AsyncHandler(jsonrpc2.HandlerWithError(s.handle)))
 	t.Cleanup(func() { s.jc.Close(); <-s.jc.DisconnectNotify() })
@@ -272,6 +273,57 @@ func TestClientEventOrder(t *testing.T) {
 	}
 }
 
+// A turn can be followed on Events instead of SendAndWait: Send returns
+// the message id, Content gives an answer's text, Err a session.error's
+// SessionError, and session.idle ends the turn. Other types read as
+// neither, whatever their data holds.
+func TestClientSendAndEvents(t *testing.T) {
+	s, c, _ := newScript(t)
+	ctx := ctxT(t)
+	s.send = func(ctx context.Context, jc *jsonrpc2.Conn, session, msgID string) {
+		event(ctx, jc, session, "user.message", map[string]any{"messageId": msgID, "content": "the prompt"})
+		event(ctx, jc, session, "assistant.message", map[string]any{"messageId": "a-1", "originatingMessageId": msgID, "content": "part one"})
+		event(ctx, jc, session, "session.error", map[string]any{"errorType": "query", "message": "model overloaded", "originatingMessageId": msgID})
+		event(ctx, jc, session, "session.idle", map[string]any{})
+	}
+	sess, err := c.CreateSession(ctx, sessions.SessionConfig{SessionID: "stream-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := sess.Send(ctx, "the prompt")
+	if err != nil || id != "msg-1" {
+		t.Fatalf("Send = %q, %v", id, err)
+	}
+	var texts []string
+	var errs []error
+	for ev := range sess.Events() {
+		if ev.SessionID != "stream-1" {
+			t.Errorf("%s event for session %q", ev.Type, ev.SessionID)
+		}
+		switch ev.Type {
+		case client.EventAssistantMessage:
+			texts = append(texts, ev.Content())
+		case client.EventSessionError:
+			errs = append(errs, ev.Err())
+		default:
+			if ev.Content() != "" || ev.Err() != nil {
+				t.Errorf("%s event read as content %q, error %v", ev.Type, ev.Content(), ev.Err())
+			}
+		}
+		if ev.Type == client.EventSessionIdle {
+			break
+		}
+	}
+	var se *client.SessionError
+	if !slices.Equal(texts, []string{"part one"}) || len(errs) != 1 || !errors.Is(errs[0], client.ErrSessionFailed) ||
+		!errors.As(errs[0], &se) || *se != (client.SessionError{SessionID: "stream-1", Type: "query", Message: "model overloaded"}) {
+		t.Fatalf("answers %q, errors %v", texts, errs)
+	}
+	if err := sess.Err(); err != nil {
+		t.Fatalf("Err of an open session: %v", err)
+	}
+}
+
 // An unread Events channel keeps the newest events and counts the rest.
 func TestClientEventsBounded(t *testing.T) {
 	s, c, _ := newScript(t, client.Options{EventBuffer: 4})
@@ -342,6 +394,37 @@ func TestClientSessionErrorAndAbort(t *testing.T) {
 	}
 }
 
+// Call reaches runtime methods the client does not wrap, with the errors
+// of the methods it does: a refusal matches ErrRuntime and keeps its code, a
+// closed client ErrClosed.
+func TestClientCall(t *testing.T) {
+	s, c, _ := newScript(t)
+	ctx := ctxT(t)
+	s.other = func(_ context.Context, req *jsonrpc2.Request, params map[string]any) (any, error) {
+		if req.Method == "models.list" {
+			return map[string]any{"models": []string{params["filter"].(string) + "-1"}}, nil
+		}
+		return nil, &jsonrpc2.Error{Code: jsonrpc2.CodeMethodNotFound, Message: "Unhandled method " + req.Method}
+	}
+	var res struct{ Models []string }
+	if err := c.Call(ctx, "models.list", map[string]any{"filter": "gpt"}, &res); err != nil || !slices.Equal(res.Models, []string{"gpt-1"}) {
+		t.Fatalf("Call(models.list) = %v, %v", res, err)
+	}
+	var rpcErr *jsonrpc2.Error
+	if err := c.Call(ctx, "account.nothing", nil, nil); !errors.Is(err, client.ErrRuntime) || !errors.As(err, &rpcErr) || rpcErr.Code != jsonrpc2.CodeMethodNotFound {
+		t.Fatalf("Call of an unknown method: %v", err)
+	}
+	if info := c.Info(); info.ProtocolVersion != 3 || info.Version != "script" {
+		t.Errorf("Info() = %+v", info)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Call(ctx, "models.list", map[string]any{"filter": "gpt"}, nil); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("Call after Close: %v, want ErrClosed", err)
+	}
+}
+
 // A refused create closes the routing it opened; the error carries the
 // runtime's code.
 func TestClientCreateRefused(t *testing.T) {
@@ -401,6 +484,9 @@ func TestClientDestroy(t *testing.T) {
 	if err := sess.Destroy(ctx); !errors.Is(err, client.ErrSessionClosed) {
 		t.Errorf("second Destroy: %v", err)
 	}
+	if err := sess.Err(); err != client.ErrSessionClosed {
+		t.Errorf("Err after Destroy: %v", err)
+	}
 }
 
 // A turn in progress ends with ErrClosed when the runtime goes away or the
@@ -440,6 +526,9 @@ func TestClientConnectionEnds(t *testing.T) {
 			}
 			<-c.Done()
 			<-sess.Done()
+			if err := sess.Err(); !errors.Is(err, client.ErrClosed) {
+				t.Errorf("Err of a session whose client ended: %v", err)
+			}
 			if c.Router().Len() != 0 {
 				t.Error("routing still open")
 			}

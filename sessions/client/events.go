@@ -1,34 +1,27 @@
 package client
 
-import (
-	"encoding/json"
-	"errors"
-	"fmt"
-	"time"
-)
+import "encoding/json"
 
-// Event types a client usually acts on. The runtime sends many more
-// (model.*, session.usage_info, ...); they are delivered too, with their raw
-// Data.
+// Event types that make up a turn. The runtime sends many more (model.*,
+// session.usage_info, ...); they are delivered too, with their raw Data.
 const (
-	EventUserMessage      = "user.message"
 	EventAssistantMessage = "assistant.message" // Data: content, messageId, originatingMessageId
 	EventSessionError     = "session.error"     // Data: errorType, message, originatingMessageId
 	EventSessionIdle      = "session.idle"      // the turn is over; Data: aborted when it was aborted
-	EventSessionWarning   = "session.warning"
-	EventSessionShutdown  = "session.shutdown" // sent when the session is destroyed
+)
+
+// Event types that, for a message of ours, start its turn (see turn.observe).
+const (
+	eventUserMessage    = "user.message"
+	eventSessionWarning = "session.warning" // with warningType policy_blocked
 )
 
 // Event is one "session.event" notification of the runtime.
 type Event struct {
 	SessionID string
 	Type      string
-	ID        string
-	ParentID  string
 	// AgentID is set on events of a sub-agent, not of the session's own turn.
-	AgentID   string
-	Ephemeral bool
-	Timestamp time.Time
+	AgentID string
 	// Data is the event's payload as the runtime sent it.
 	Data json.RawMessage
 
@@ -76,13 +69,9 @@ func (e Event) Err() error {
 type wireEvent struct {
 	SessionID string `json:"sessionId"`
 	Event     struct {
-		Type      string          `json:"type"`
-		ID        string          `json:"id"`
-		ParentID  string          `json:"parentId"`
-		AgentID   string          `json:"agentId"`
-		Ephemeral bool            `json:"ephemeral"`
-		Timestamp time.Time       `json:"timestamp"`
-		Data      json.RawMessage `json:"data"`
+		Type    string          `json:"type"`
+		AgentID string          `json:"agentId"`
+		Data    json.RawMessage `json:"data"`
 	} `json:"event"`
 }
 
@@ -97,45 +86,7 @@ func decodeEvent(params *json.RawMessage) (Event, bool) {
 	return Event{
 		SessionID: w.SessionID,
 		Type:      w.Event.Type,
-		ID:        w.Event.ID,
-		ParentID:  w.Event.ParentID,
 		AgentID:   w.Event.AgentID,
-		Ephemeral: w.Event.Ephemeral,
-		Timestamp: w.Event.Timestamp,
 		Data:      w.Event.Data,
 	}, true
 }
-
-// Errors of the client, usable with errors.Is.
-var (
-	// ErrNoCLI: no runtime path in Options.CLIPath or COPILOT_CLI_PATH.
-	ErrNoCLI = errors.New("client: Copilot CLI not found: set Options.CLIPath or COPILOT_CLI_PATH")
-	// ErrClosed: the client was closed or its runtime connection ended.
-	ErrClosed = errors.New("client: runtime client closed")
-	// ErrSessionClosed: the session was destroyed on this client.
-	ErrSessionClosed = errors.New("client: session closed")
-	// ErrRuntime: the runtime answered a request with a JSON-RPC error;
-	// errors.As to *jsonrpc2.Error gives its code.
-	ErrRuntime = errors.New("client: runtime refused the request")
-	// ErrSessionFailed: the turn ended with a session.error event; errors.As
-	// to *SessionError gives its type and message.
-	ErrSessionFailed = errors.New("client: session error")
-	// ErrAborted: the turn was aborted before it completed.
-	ErrAborted = errors.New("client: turn aborted")
-)
-
-// SessionError is a session.error event: the runtime's errorType (e.g.
-// "query", "authentication") and its message. A failing token callback shows
-// up here, its message carried inside the runtime's.
-type SessionError struct {
-	SessionID string
-	Type      string
-	Message   string
-}
-
-func (e *SessionError) Error() string {
-	return fmt.Sprintf("session %s: %s error: %s", e.SessionID, e.Type, e.Message)
-}
-
-// Is makes errors.Is(err, ErrSessionFailed) true.
-func (e *SessionError) Is(target error) bool { return target == ErrSessionFailed }

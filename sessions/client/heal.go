@@ -10,17 +10,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/sessions"
 )
 
-// ErrTokenRejected: a turn failed because the model provider rejected the
-// token tokenbroker served (it answered 401 to every retry). The client has
-// reported it (actors.Router.Rejected): the token is dropped and the next
-// turn fetches a fresh one, unless the rejected token was itself fetched to
-// replace a rejected one; then the error also matches
-// actors.ErrRejectedAgain, nothing is dropped, and the fault is the
-// provider's refusal of the identity (its role assignment, say), which a
-// fresh token cannot fix. errors.As to *SessionError still gives the
-// runtime's own report.
-var ErrTokenRejected = errors.New("client: the model provider rejected the token tokenbroker served")
-
 // errorTypeAuthentication is the session.error type of a turn whose model
 // requests all got a 401 (Copilot CLI 1.0.102: three attempts).
 const errorTypeAuthentication = "authentication"

@@ -21,8 +21,10 @@ const (
 	EventToolStart           = "tool.execution_start"    // Data: toolCallId, toolName, arguments
 	EventPermissionRequested = "permission.requested"    // Data: requestId, permissionRequest
 	EventToolComplete        = "tool.execution_complete" // Data: toolCallId, success, result or error
-	methodPermissionDecision = "session.permissions.handlePendingPermissionRequest"
 )
+
+// methodPermissionDecision answers a permission.requested event.
+const methodPermissionDecision = "session.permissions.handlePendingPermissionRequest"
 
 // PermissionRequest is the runtime asking to run a tool.
 type PermissionRequest struct {
@@ -53,12 +55,13 @@ type PermissionDecision struct {
 // of its own; ctx ends when the client closes.
 type PermissionHandler func(ctx context.Context, req PermissionRequest) PermissionDecision
 
-// DenyReason is the reason DenyAll gives.
+// DenyReason is the reason a client without Options.Permission gives the
+// model for denying a tool.
 const DenyReason = "this service allows the model no tools (tokenbroker client.Options.Permission)"
 
-// DenyAll denies every tool: the default, since a tool a model may call
+// denyAll denies every tool: the default, since a tool a model may call
 // runs with the runtime's rights (see the README's security section).
-func DenyAll(context.Context, PermissionRequest) PermissionDecision {
+func denyAll(context.Context, PermissionRequest) PermissionDecision {
 	return PermissionDecision{Reason: DenyReason}
 }
 
@@ -93,7 +96,7 @@ type toolCall struct {
 
 func newPermissions(decide PermissionHandler, log *slog.Logger) *permissions {
 	if decide == nil {
-		decide = DenyAll
+		decide = denyAll
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &permissions{decide: decide, log: log, ctx: ctx, cancel: cancel,

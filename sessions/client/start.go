@@ -9,25 +9,25 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/transport"
+	"github.com/tokenbroker/tokenbroker/sessions/client/internal/process"
 )
 
-// DefaultStartTimeout bounds Start when its ctx has no deadline. The CLI's
+// defaultStartTimeout bounds Start when its ctx has no deadline. The CLI's
 // first start on a machine unpacks its package (~235 MB) first.
-const DefaultStartTimeout = time.Minute
+const defaultStartTimeout = time.Minute
 
 // exitWait is how long a failed start waits for a runtime that closed the
 // connection to exit, so that the error can say how it ended.
 const exitWait = time.Second
 
 // Start spawns the Copilot CLI as a child process speaking on its stdio,
-// connects to it and performs the connect handshake, all within ctx
-// (DefaultStartTimeout when ctx has no deadline). ctx bounds the start
-// only; the process lives until Close or its own exit, which ends the
-// connection. The runtime's environment is an allowlist (see Options.Env).
+// connects to it and performs the connect handshake, all within ctx (a
+// minute when ctx has no deadline). ctx bounds the start only; the process
+// lives until Close or its own exit, which ends the connection. The
+// runtime's environment is an allowlist (see Options.Env).
 //
-// An error names the binary and, when the process exited, its exit status
-// or signal; it quotes the last lines of its stderr.
+// An error names the binary and, when the process exited (ErrExited), its
+// exit status or signal; it quotes the last lines of its stderr.
 func Start(ctx context.Context, broker *actors.Broker, opts Options) (*Client, error) {
 	path := opts.CLIPath
 	if path == "" {
@@ -38,7 +38,7 @@ func Start(ctx context.Context, broker *actors.Broker, opts Options) (*Client, e
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultStartTimeout)
+		ctx, cancel = context.WithTimeout(ctx, defaultStartTimeout)
 		defer cancel()
 	}
 	home, ownHome := opts.Home, false
@@ -57,15 +57,16 @@ func Start(ctx context.Context, broker *actors.Broker, opts Options) (*Client, e
 	cmd.Dir = opts.Dir
 	cmd.Env = runtimeEnv(os.Environ(), home, opts)
 	cmd.Stderr = opts.Stderr
-	proc, err := transport.Start(cmd)
+	grace := opts.StopGrace
+	if grace <= 0 {
+		grace = defaultStopGrace
+	}
+	proc, err := process.Start(cmd, grace)
 	if err != nil {
 		if ownHome {
 			_ = os.RemoveAll(home)
 		}
 		return nil, fmt.Errorf("client: starting %s: %w", path, err)
-	}
-	if opts.StopGrace > 0 {
-		proc.StopGrace = opts.StopGrace
 	}
 	c := newClient(ctx, broker, proc, opts)
 	c.proc, c.home, c.ownHome = proc, home, ownHome
@@ -91,7 +92,7 @@ func (c *Client) failStart(ctx context.Context, path string, err error) error {
 	exitErr := c.exited()
 	_ = c.proc.Kill()
 	_ = c.Close()
-	var stopped *transport.ExitError
+	var stopped *process.ExitError
 	errors.As(c.proc.Err(), &stopped) // always an *ExitError once killed
 	switch {
 	case exitErr != nil:
@@ -106,7 +107,7 @@ func (c *Client) failStart(ctx context.Context, path string, err error) error {
 	return fmt.Errorf("client: starting %s: the connection ended before connect was answered (not a JSON-RPC runtime on stdio?)%s", path, stderrNote(stopped))
 }
 
-func stderrNote(e *transport.ExitError) string {
+func stderrNote(e *process.ExitError) string {
 	if e == nil || e.Stderr == "" {
 		return ""
 	}

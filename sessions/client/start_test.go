@@ -20,7 +20,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"github.com/tokenbroker/tokenbroker/sessions"
 	"github.com/tokenbroker/tokenbroker/sessions/client"
-	"github.com/tokenbroker/tokenbroker/transport"
 )
 
 // envFakeRuntime makes the test binary a fake runtime (see fakeRuntime).
@@ -130,12 +129,14 @@ func TestStartFailures(t *testing.T) {
 		want    []string // in the error
 		is      error
 	}{
-		{mode: "exit", want: []string{"exited (exit status 3)", "fatal: unknown flag --bogus", "fake runtime line 11"}, is: transport.ErrExited},
-		{mode: "garbage,exit", want: []string{"exited (exit status 2)", "fake runtime line 11"}, is: transport.ErrExited},
+		{mode: "exit", want: []string{"exited (exit status 3)", "fatal: unknown flag --bogus", "fake runtime line 11"}, is: client.ErrExited},
+		{mode: "garbage,exit", want: []string{"exited (exit status 2)", "fake runtime line 11"}, is: client.ErrExited},
 		{mode: "garbage", want: []string{"connection ended before connect was answered", "fake runtime line 11"}},
-		{mode: "silent", timeout: 500 * time.Millisecond, want: []string{"no answer to connect", "fake runtime line 11"}, is: context.DeadlineExceeded},
-		{mode: "child,exit", want: []string{"exited (exit status 3)", "fatal: unknown flag"}, is: transport.ErrExited},
-		{mode: "child,silent", timeout: 500 * time.Millisecond, want: []string{"no answer to connect"}, is: context.DeadlineExceeded},
+		// The deadline leaves a busy machine time to start the fake runtime
+		// and let it write its stderr.
+		{mode: "silent", timeout: 2 * time.Second, want: []string{"no answer to connect", "fake runtime line 11"}, is: context.DeadlineExceeded},
+		{mode: "child,exit", want: []string{"exited (exit status 3)", "fatal: unknown flag"}, is: client.ErrExited},
+		{mode: "child,silent", timeout: 2 * time.Second, want: []string{"no answer to connect"}, is: context.DeadlineExceeded},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			timeout := tc.timeout
@@ -222,7 +223,7 @@ func TestRuntimeKilledMidTurn(t *testing.T) {
 		result <- err
 	}()
 	for ev := range sess.Events() {
-		if ev.Type == client.EventUserMessage {
+		if ev.Type == "user.message" {
 			break // the turn is under way
 		}
 	}
@@ -234,7 +235,7 @@ func TestRuntimeKilledMidTurn(t *testing.T) {
 	case err := <-result:
 		took := time.Since(killed)
 		t.Logf("SendAndWait returned %v after the kill: %v", took.Round(time.Millisecond), err)
-		if !errors.Is(err, client.ErrClosed) || !errors.Is(err, transport.ErrExited) || !strings.Contains(err.Error(), "signal: killed") {
+		if !errors.Is(err, client.ErrClosed) || !errors.Is(err, client.ErrExited) || !strings.Contains(err.Error(), "signal: killed") {
 			t.Errorf("err = %v, want ErrClosed naming the signal", err)
 		}
 		// The child holding stdout lives an hour: anything near the
@@ -286,7 +287,7 @@ func TestStartEnvironment(t *testing.T) {
 		opts.CLIPath, opts.Args = "/bin/sh", []string{"-c", fmt.Sprintf("env > %q", file)}
 		b := actors.NewBroker(actors.Options{})
 		defer b.Close()
-		if _, err := client.Start(ctxT(t), b, opts); !errors.Is(err, transport.ErrExited) {
+		if _, err := client.Start(ctxT(t), b, opts); !errors.Is(err, client.ErrExited) {
 			t.Fatalf("err = %v, want the exit", err)
 		}
 		raw, err := os.ReadFile(file)
@@ -311,6 +312,17 @@ func TestStartEnvironment(t *testing.T) {
 		for k, v := range passed {
 			if env[k] != v {
 				t.Errorf("%s = %q, want %q", k, env[k], v)
+			}
+		}
+		// Nothing else: every name is on RuntimeEnv's list or set by Start
+		// (or by the shell itself).
+		for name := range env {
+			listed := slices.ContainsFunc(append(client.RuntimeEnv(), "HOME", "COPILOT_HOME", "EXTRA", "PWD", "SHLVL", "_"), func(n string) bool {
+				prefix, star := strings.CutSuffix(n, "*")
+				return n == name || star && strings.HasPrefix(name, prefix)
+			})
+			if !listed {
+				t.Errorf("%s reached the runtime but is not in RuntimeEnv", name)
 			}
 		}
 		if env["EXTRA"] != "1" || env["PATH"] != os.Getenv("PATH") || env["XDG_CACHE_HOME"] != cache {

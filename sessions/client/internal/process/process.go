@@ -1,4 +1,8 @@
-package transport
+// Package process runs a runtime as a child process spoken to over its
+// stdio: in a process group of its own, with the end of its stderr kept for
+// errors, and stopped by closing its stdin, a grace period, then a kill of
+// the whole group.
+package process
 
 import (
 	"errors"
@@ -19,11 +23,7 @@ import (
 // stdout or stderr (a tool the runtime started) cannot keep the connection
 // open once the runtime has exited, and Close ends the whole process group.
 type Process struct {
-	// StopGrace is how long Close waits for the child to exit after its
-	// stdin closes before killing it and everything it started. Start sets
-	// DefaultStopGrace.
-	StopGrace time.Duration
-
+	grace  time.Duration // how long Close waits before killing
 	path   string
 	cmd    *exec.Cmd
 	stdin  *os.File // our end of the child's stdin
@@ -41,16 +41,13 @@ type Process struct {
 	stopOnce  sync.Once
 }
 
-// DefaultStopGrace is how long Close waits by default.
-const DefaultStopGrace = 5 * time.Second
-
 // exitDrain is how long the child's pipes are still read after it exited:
 // long enough to read what it wrote before exiting, short enough that a
 // descendant holding them changes nothing.
 const exitDrain = 250 * time.Millisecond
 
 // ErrExited is matched by the error of a process that has exited.
-var ErrExited = errors.New("transport: runtime process exited")
+var ErrExited = errors.New("client: runtime process exited")
 
 // ExitError says how a runtime process ended.
 type ExitError struct {
@@ -78,16 +75,16 @@ func (e *ExitError) Is(target error) bool { return target == ErrExited }
 // Start starts cmd with pipes on its stdin, stdout and stderr, in a process
 // group of its own. The command must not have Stdin or Stdout set; a Stderr
 // writer receives a copy of the child's stderr and must not block. Close
-// ends it.
+// ends it, waiting up to grace for the child to exit by itself.
 //
 // The pipes are plain os.Pipe files rather than exec's StdoutPipe: Wait
 // closes a StdoutPipe as soon as the child exits, which would drop the last
 // messages of a runtime that exits on its own before they are read; and
 // exec's copying of a non-file Stderr would make Wait wait for every
 // descendant holding it.
-func Start(cmd *exec.Cmd) (*Process, error) {
+func Start(cmd *exec.Cmd, grace time.Duration) (*Process, error) {
 	if cmd.Stdin != nil || cmd.Stdout != nil {
-		return nil, errors.New("transport: Start: Stdin and Stdout must be unset")
+		return nil, errors.New("process: Start: Stdin and Stdout must be unset")
 	}
 	var ours, theirs [3]*os.File // stdin, stdout, stderr
 	closeAll := func(fs []*os.File) {
@@ -121,15 +118,15 @@ func Start(cmd *exec.Cmd) (*Process, error) {
 		return nil, err
 	}
 	p := &Process{
-		StopGrace: DefaultStopGrace,
-		path:      cmd.Path,
-		cmd:       cmd,
-		stdin:     ours[0],
-		stdout:    ours[1],
-		stderr:    ours[2],
-		copied:    make(chan struct{}),
-		done:      make(chan struct{}),
-		hurry:     make(chan struct{}),
+		grace:  grace,
+		path:   cmd.Path,
+		cmd:    cmd,
+		stdin:  ours[0],
+		stdout: ours[1],
+		stderr: ours[2],
+		copied: make(chan struct{}),
+		done:   make(chan struct{}),
+		hurry:  make(chan struct{}),
 	}
 	go p.copyStderr(userStderr)
 	go p.wait()
@@ -204,10 +201,10 @@ func (p *Process) Err() error {
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
 // Close closes the child's stdin, which tells a runtime to exit, waits up
-// to StopGrace, then kills it; whatever it started that is still in its
-// process group is killed too. It returns within StopGrace and a fraction
+// to its grace, then kills it; whatever it started that is still in its
+// process group is killed too. It returns within the grace and a fraction
 // of a second, whatever descendants do.
-func (p *Process) Close() error { return p.stop(p.StopGrace) }
+func (p *Process) Close() error { return p.stop(p.grace) }
 
 // Kill is Close without the grace, for a runtime that has nothing to save;
 // it also cuts short a Close in progress.

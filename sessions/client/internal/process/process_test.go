@@ -1,4 +1,4 @@
-package transport
+package process
 
 import (
 	"errors"
@@ -17,11 +17,11 @@ import (
 )
 
 // startSh starts a shell script as a runtime process.
-func startSh(t *testing.T, script string, stderr io.Writer) *Process {
+func startSh(t *testing.T, script string, stderr io.Writer, grace time.Duration) *Process {
 	t.Helper()
 	cmd := exec.Command("/bin/sh", "-c", script)
 	cmd.Stderr = stderr
-	p, err := Start(cmd)
+	p, err := Start(cmd, grace)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func readPid(t *testing.T, r io.Reader) int {
 func TestProcessEndsAtExitNotAtEOF(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	const size = 300_000 // several pipe buffers
-	p := startSh(t, fmt.Sprintf(`sleep 60 & echo "pid $!"; head -c %d /dev/zero | tr '\0' x; exit 7`, size), nil)
+	p := startSh(t, fmt.Sprintf(`sleep 60 & echo "pid $!"; head -c %d /dev/zero | tr '\0' x; exit 7`, size), nil, time.Second)
 	descendant := readPid(t, p)
 	if p.Err() != nil {
 		t.Fatalf("Err while running: %v", p.Err())
@@ -99,7 +99,7 @@ func TestProcessEndsAtExitNotAtEOF(t *testing.T) {
 func TestProcessStderrTail(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	var copyOf syncbuf.Buffer
-	p := startSh(t, `for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "line $i" >&2; done; echo "auth failed access_token=sekrit-value-1" >&2; exit 1`, &copyOf)
+	p := startSh(t, `for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "line $i" >&2; done; echo "auth failed access_token=sekrit-value-1" >&2; exit 1`, &copyOf, time.Second)
 	<-p.Done()
 	err := p.Err().Error()
 	if !strings.Contains(err, "stderr: line 6 | line 7 |") || strings.Contains(err, "line 5 ") ||
@@ -115,18 +115,18 @@ func TestProcessStderrTail(t *testing.T) {
 }
 
 // A child that ignores its closed stdin and SIGTERM: Close kills it, and
-// what it started, after StopGrace.
+// what it started, after its grace.
 func TestProcessCloseAfterGrace(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	p := startSh(t, `trap '' TERM; sleep 60 & echo "pid $!"; while :; do sleep 1; done`, nil)
+	const grace = 200 * time.Millisecond
+	p := startSh(t, `trap '' TERM; sleep 60 & echo "pid $!"; while :; do sleep 1; done`, nil, grace)
 	descendant := readPid(t, p)
-	p.StopGrace = 200 * time.Millisecond
 	began := time.Now()
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if took := time.Since(began); took < p.StopGrace || took > p.StopGrace+3*time.Second {
-		t.Errorf("Close took %v, want about %v", took, p.StopGrace)
+	if took := time.Since(began); took < grace || took > grace+3*time.Second {
+		t.Errorf("Close took %v, want about %v", took, grace)
 	}
 	if !strings.Contains(p.Err().Error(), "signal: killed") {
 		t.Errorf("Err = %v", p.Err())
@@ -138,8 +138,7 @@ func TestProcessCloseAfterGrace(t *testing.T) {
 // Kill cuts short a Close that is waiting out its grace.
 func TestProcessKillDuringClose(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	p := startSh(t, `trap '' TERM; while :; do sleep 1; done`, nil)
-	p.StopGrace = time.Hour
+	p := startSh(t, `trap '' TERM; while :; do sleep 1; done`, nil, time.Hour)
 	closed := make(chan error, 1)
 	go func() { closed <- p.Close() }()
 	time.Sleep(50 * time.Millisecond) // let Close start waiting
