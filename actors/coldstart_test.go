@@ -17,16 +17,15 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/internal/testenv"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource/azuretest"
 	"github.com/tokenbroker/tokenbroker/tracing"
 )
 
@@ -128,9 +127,12 @@ func BenchmarkColdStart(b *testing.B) {
 // coldStart runs one storm and returns the identity endpoint's peak of
 // requests in flight and the p99 time to first token in milliseconds.
 func coldStart(b *testing.B, limit, creds int) (int, float64) {
-	fake := fakeidentity.NewAppService(fakeidentity.Options{Delay: 50 * time.Millisecond})
+	fake := azuretest.NewManagedIdentity(azuretest.Options{Latency: 50 * time.Millisecond})
 	defer fake.Close()
-	testenv.AppServiceIdentity(b, fake.Endpoint(), fake.Header())
+	testenv.ClearAzure(b)
+	for k, v := range fake.Env() {
+		b.Setenv(k, v)
+	}
 	broker := actors.NewBroker(actors.Options{MaxConcurrentCalls: limit})
 	defer broker.Close()
 	r := broker.NewRouter()
@@ -138,12 +140,9 @@ func coldStart(b *testing.B, limit, creds int) (int, float64) {
 	_, _ = rand.Read(run)
 	scope := "api://tokenbroker-coldstart-" + hex.EncodeToString(run) + "/.default"
 	for i := range creds {
-		// azidentity caches process-wide by identity and resource: a new
-		// client id per credential and run keeps every one cold.
-		mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-			ID:            azidentity.ClientID(fmt.Sprintf("client-%s-%d", hex.EncodeToString(run), i)),
-			ClientOptions: azcore.ClientOptions{Transport: fake.HTTPClient()},
-		})
+		// azidentity caches process-wide by identity and resource: a
+		// client id of its own per credential keeps every one cold.
+		mi, err := azidentity.NewManagedIdentityCredential(fake.ManagedIdentityCredentialOptions())
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -7,14 +7,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/internal/testenv"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource/azuretest"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
 
@@ -26,17 +25,14 @@ import (
 func TestBoundaryIdentityErrorsQuotingTokens(t *testing.T) {
 	hardLeakCheck(t)
 	testenv.ClearAzure(t)
-	msi := fakeidentity.NewAppService(fakeidentity.Options{})
+	msi := azuretest.NewManagedIdentity(azuretest.Options{})
 	defer msi.Close()
-	testenv.AppServiceIdentity(t, msi.Endpoint(), msi.Header())
+	useIdentity(t, msi)
 	policy := tokens.DefaultPolicy()
 	policy.RefreshTimeout = 20 * time.Second
 	w := newHardWorld(t, actors.Options{RequestTimeout: 20 * time.Second, Policy: &policy})
-	w.remember("identity header", msi.Header())
-	mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-		ID:            azidentity.ClientID(hardUnique("client-")),
-		ClientOptions: azcore.ClientOptions{Transport: msi.HTTPClient()},
-	})
+	w.remember("identity header", msi.Env()["IDENTITY_HEADER"])
+	mi, err := azidentity.NewManagedIdentityCredential(msi.ManagedIdentityCredentialOptions())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,15 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/internal/testenv"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource/azuretest"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
 
@@ -29,42 +27,33 @@ import (
 func TestSecretsAzureIdentityFlows(t *testing.T) {
 	hardLeakCheck(t)
 	testenv.ClearAzure(t)
-	msi := fakeidentity.NewAppService(fakeidentity.Options{})
+	msi := azuretest.NewManagedIdentity(azuretest.Options{})
 	defer msi.Close()
-	testenv.AppServiceIdentity(t, msi.Endpoint(), msi.Header())
+	useIdentity(t, msi)
 	clientSecret := hardUnique("client-secret-")
-	entra := fakeidentity.NewEntra(fakeidentity.Options{ClientSecret: clientSecret})
+	entra := azuretest.NewEntra(azuretest.Options{ClientSecret: clientSecret})
 	defer entra.Close()
 
 	policy := tokens.DefaultPolicy()
 	policy.RefreshTimeout = 20 * time.Second // azidentity without a deadline can take a minute
 	w := newHardWorld(t, actors.Options{RequestTimeout: 20 * time.Second, Policy: &policy})
-	w.remember("identity header", msi.Header())
+	w.remember("identity header", msi.Env()["IDENTITY_HEADER"])
 	w.remember("client secret", clientSecret)
 
 	resource := "api://" + hardUnique("tokenbroker-secrets-")
 	scope := resource + "/.default"
-	mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-		ID:            azidentity.ClientID(hardUnique("client-")),
-		ClientOptions: azcore.ClientOptions{Transport: msi.HTTPClient()},
-	})
+	mi, err := azidentity.NewManagedIdentityCredential(msi.ManagedIdentityCredentialOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
-	entraOpts := func() *azidentity.ClientSecretCredentialOptions {
-		return &azidentity.ClientSecretCredentialOptions{
-			ClientOptions:            azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: entra.AuthorityHost()}, Transport: entra.HTTPClient()},
-			DisableInstanceDiscovery: true,
-		}
-	}
 	tenant := hardUnique("tenant-")
-	cs, err := azidentity.NewClientSecretCredential(tenant, hardUnique("app-"), clientSecret, entraOpts())
+	cs, err := azidentity.NewClientSecretCredential(tenant, hardUnique("app-"), clientSecret, entra.ClientSecretCredentialOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
 	wrongSecret := hardUnique("wrong-secret-")
 	w.remember("wrong client secret", wrongSecret)
-	wrong, err := azidentity.NewClientSecretCredential(tenant, hardUnique("app-"), wrongSecret, entraOpts())
+	wrong, err := azidentity.NewClientSecretCredential(tenant, hardUnique("app-"), wrongSecret, entra.ClientSecretCredentialOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,10 +89,7 @@ func TestSecretsAzureIdentityFlows(t *testing.T) {
 	// failure, naming its session and provider.
 	msi.Fail(400, `{"statusCode":400,"message":"resource not found for this identity"}`)
 	brokenRes := "api://" + hardUnique("tokenbroker-broken-")
-	mi2, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-		ID:            azidentity.ClientID(hardUnique("client-")),
-		ClientOptions: azcore.ClientOptions{Transport: msi.HTTPClient()},
-	})
+	mi2, err := azidentity.NewManagedIdentityCredential(msi.ManagedIdentityCredentialOptions())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,11 +19,11 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/clitest"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/internal/testenv"
 	"github.com/tokenbroker/tokenbroker/sessions"
 	"github.com/tokenbroker/tokenbroker/sessions/client"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource/azuretest"
 )
 
 // The subtests run one after the other: azidentity reads the identity
@@ -33,21 +33,21 @@ func TestTurnFailsWithinOneDeadline(t *testing.T) {
 	cli := clitest.Path(t)
 	for _, tc := range []struct {
 		name     string
-		breaks   func(*fakeidentity.Server)
+		breaks   func(*azuretest.Server)
 		within   time.Duration // the turn's error arrives within this
 		says     []string
 		requests int // the most the identity endpoint may see
 	}{
-		{"identity endpoint hangs", (*fakeidentity.Server).Hang, 45 * time.Second,
+		{"identity endpoint hangs", (*azuretest.Server).Hang, 45 * time.Second,
 			[]string{`shared credential "mi": timed out: credential did not answer within 30s; next try in `}, 2},
-		{"identity endpoint answers 500", func(f *fakeidentity.Server) {
+		{"identity endpoint answers 500", func(f *azuretest.Server) {
 			f.Fail(500, `{"statusCode":500,"message":"identity service unavailable"}`)
 		}, 10 * time.Second,
 			[]string{`shared credential "mi": credential failed: `, "HTTP 500", "identity service unavailable", "; next try in "}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t)
-			fake := fakeidentity.NewAppService(fakeidentity.Options{})
+			fake := azuretest.NewManagedIdentity(azuretest.Options{})
 			t.Cleanup(fake.Close)
 			tc.breaks(fake)
 			mi := managedIdentityAt(t, fake)
@@ -107,17 +107,22 @@ func TestTurnFailsWithinOneDeadline(t *testing.T) {
 // managedIdentityAt is a ManagedIdentityCredential for the App Service
 // identity endpoint fake, with a client id of its own (azidentity's token
 // cache is process-wide).
-func managedIdentityAt(t *testing.T, fake *fakeidentity.Server) azcore.TokenCredential {
+func managedIdentityAt(t *testing.T, fake *azuretest.Server) azcore.TokenCredential {
 	t.Helper()
-	testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
-	mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-		ID: azidentity.ClientID(fmt.Sprint("e2e-turnfail-", time.Now().UnixNano())),
-		ClientOptions: azcore.ClientOptions{
-			Transport: fake.HTTPClient(),
-		},
-	})
+	useIdentity(t, fake)
+	mi, err := azidentity.NewManagedIdentityCredential(fake.ManagedIdentityCredentialOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
 	return mi
+}
+
+// useIdentity clears the Azure environment and points
+// ManagedIdentityCredential at fake until the end of t.
+func useIdentity(t *testing.T, fake *azuretest.Server) {
+	t.Helper()
+	testenv.ClearAzure(t)
+	for k, v := range fake.Env() {
+		t.Setenv(k, v)
+	}
 }

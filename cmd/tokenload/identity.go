@@ -12,12 +12,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
-	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource/azuretest"
 )
 
 // identityScope is the scope the providers ask the identity endpoint for.
@@ -29,7 +28,7 @@ const identityScope = "https://cognitiveservices.azure.com/.default"
 // plays the outage. So an outage is the endpoint failing, hanging or
 // being slow, and azidentity's own retries and cache are part of the run.
 type identity struct {
-	fake       *fakeidentity.Server
+	fake       *azuretest.Server
 	proxy      *http.Server
 	served     chan struct{}
 	restoreEnv func()
@@ -41,8 +40,14 @@ type identity struct {
 }
 
 func startIdentity(cfg *config) (*identity, error) {
-	fake := fakeidentity.NewAppService(fakeidentity.Options{Lifetime: cfg.Lifetime})
-	target, err := url.Parse(fake.URL())
+	fake := azuretest.NewManagedIdentity(azuretest.Options{Lifetime: cfg.Lifetime})
+	env := fake.Env()
+	endpoint, err := url.Parse(env["IDENTITY_ENDPOINT"])
+	if err != nil {
+		fake.Close()
+		return nil, err
+	}
+	target, err := url.Parse(fake.URL)
 	if err != nil {
 		fake.Close()
 		return nil, err
@@ -58,7 +63,7 @@ func startIdentity(cfg *config) (*identity, error) {
 		defer close(id.served)
 		_ = id.proxy.Serve(ln) // ends with Close
 	}()
-	id.restoreEnv = pointAzidentityAt("http://"+ln.Addr().String()+"/msi/token", fake.Header())
+	id.restoreEnv = pointAzidentityAt("http://"+ln.Addr().String()+endpoint.Path, env["IDENTITY_HEADER"])
 	return id, nil
 }
 
@@ -66,10 +71,9 @@ func startIdentity(cfg *config) (*identity, error) {
 // (a user-assigned identity per provider name), so azidentity keeps one
 // cache per provider, as a service with one identity per provider would.
 func (id *identity) source(j int) (tokens.Source, error) {
-	cred, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-		ID:            azidentity.ClientID("tokenload-" + providerName(j)),
-		ClientOptions: azcore.ClientOptions{Transport: id.fake.HTTPClient()},
-	})
+	opts := id.fake.ManagedIdentityCredentialOptions() // dials 127.0.0.1 only
+	opts.ID = azidentity.ClientID("tokenload-" + providerName(j))
+	cred, err := azidentity.NewManagedIdentityCredential(opts)
 	if err != nil {
 		return nil, err
 	}

@@ -50,13 +50,13 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/copilotcli"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/sessions"
 	"github.com/tokenbroker/tokenbroker/sessions/client"
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource/azuretest"
 )
 
 const defaultScope = "https://cognitiveservices.azure.com/.default"
@@ -104,7 +104,7 @@ func envOr(key, def string) string {
 // offline is the embedded stand-in for Azure: the identity endpoint and
 // the model endpoint.
 type offline struct {
-	identity *fakeidentity.Server
+	identity *azuretest.Server
 	model    *fakemodel.Server
 }
 
@@ -128,7 +128,7 @@ func run(ctx context.Context, out io.Writer, cfg config) error {
 		}
 		defer fake.close()
 		cfg.baseURL, cfg.model = fake.model.URL(), "gpt-4o"
-		cred, err = fake.credential(randomID("example-identity"))
+		cred, err = fake.credential()
 		credName = "azidentity.ManagedIdentityCredential (user-assigned)"
 	}
 	if err != nil {
@@ -164,7 +164,7 @@ func run(ctx context.Context, out io.Writer, cfg config) error {
 
 	p.printf("tokenbroker managed-identity example (%s)\n", map[bool]string{true: "real Azure", false: "offline"}[real])
 	if fake != nil {
-		p.printf("  identity endpoint  fake App Service managed identity, %s\n", fake.identity.Endpoint())
+		p.printf("  identity endpoint  fake App Service managed identity (azuretest), %s\n", fake.identity.Env()["IDENTITY_ENDPOINT"])
 	}
 	p.printf("  credential         %s -> tokens/azuresource -> one shared tokenbroker Credential\n", credName)
 	p.printf("  scope              %s\n", cfg.scope)
@@ -306,8 +306,8 @@ func startOffline(cfg config) (*offline, error) {
 		}
 	}
 	// 24 h tokens with a 12 h refresh hint, answered in 50 ms: App Service's shape.
-	id := fakeidentity.NewAppService(fakeidentity.Options{Lifetime: 24 * time.Hour, RefreshIn: 12 * time.Hour, Delay: 50 * time.Millisecond})
-	for k, v := range map[string]string{"IDENTITY_ENDPOINT": id.Endpoint(), "IDENTITY_HEADER": id.Header()} {
+	id := azuretest.NewManagedIdentity(azuretest.Options{Lifetime: 24 * time.Hour, RefreshIn: 12 * time.Hour, Latency: 50 * time.Millisecond})
+	for k, v := range id.Env() {
 		if err := cfg.setenv(k, v); err != nil {
 			id.Close()
 			return nil, err
@@ -335,19 +335,18 @@ func startOffline(cfg config) (*offline, error) {
 }
 
 // credential is the real ManagedIdentityCredential, its transport limited
-// to the fake endpoint on 127.0.0.1.
-func (o *offline) credential(clientID string) (azcore.TokenCredential, error) {
-	return azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-		ID:            azidentity.ClientID(clientID),
-		ClientOptions: azcore.ClientOptions{Transport: o.identity.HTTPClient()},
-	})
+// to the fake endpoint on 127.0.0.1, with a user-assigned identity of its
+// own (azidentity's token cache is process-wide, by identity and
+// resource: a new identity starts cold).
+func (o *offline) credential() (azcore.TokenCredential, error) {
+	return azidentity.NewManagedIdentityCredential(o.identity.ManagedIdentityCredentialOptions())
 }
 
 // whyShare shows what the shared Credential saves: the same credential
 // type, asked directly by concurrent cold callers, sends one request each
 // to the identity endpoint (azidentity does not coalesce them).
 func (o *offline) whyShare(ctx context.Context, p *printer, cfg config) error {
-	cred, err := o.credential(randomID("example-identity"))
+	cred, err := o.credential()
 	if err != nil {
 		return err
 	}

@@ -29,18 +29,16 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/sessions"
 	"github.com/tokenbroker/tokenbroker/sessions/client"
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim/fakemodel"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource/azuretest"
 )
 
 const scope = "https://cognitiveservices.azure.com/.default"
@@ -75,7 +73,7 @@ type tenant struct {
 
 func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName string) error {
 	p := &printer{w: out}
-	entra := fakeidentity.NewEntra(fakeidentity.Options{Lifetime: time.Hour, Delay: 20 * time.Millisecond})
+	entra := azuretest.NewEntra(azuretest.Options{Lifetime: time.Hour, Latency: 20 * time.Millisecond})
 	defer entra.Close()
 	issuedTo := func(fp string) string { // token fingerprint -> tenant id
 		for _, r := range entra.Requests() {
@@ -100,13 +98,9 @@ func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName s
 	tenants := []*tenant{{name: "contoso"}, {name: "fabrikam"}}
 	for _, tn := range tenants {
 		tn.tenantID = randomHex(8) + "-" + tn.name
-		cred, err := azidentity.NewClientSecretCredential(tn.tenantID, "app-"+tn.name, "secret-of-"+tn.name, &azidentity.ClientSecretCredentialOptions{
-			ClientOptions: azcore.ClientOptions{
-				Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: entra.AuthorityHost()},
-				Transport: entra.HTTPClient(), // trusts the fake's certificate, dials 127.0.0.1 only
-			},
-			DisableInstanceDiscovery: true,
-		})
+		// The options trust the fake's certificate, dial 127.0.0.1 only and
+		// name the fake as the authority host.
+		cred, err := azidentity.NewClientSecretCredential(tn.tenantID, "app-"+tn.name, "secret-of-"+tn.name, entra.ClientSecretCredentialOptions())
 		if err != nil {
 			return err
 		}
@@ -136,7 +130,7 @@ func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName s
 	defer client.Close()
 
 	p.printf("tokenbroker multi-tenant example (offline)\n")
-	p.printf("  identity provider  fake Microsoft Entra, %s (one tenant each)\n", entra.URL())
+	p.printf("  identity provider  fake Microsoft Entra, %s (one tenant each)\n", entra.URL)
 	p.printf("  credentials        azidentity.ClientSecretCredential per tenant -> one shared tokenbroker Credential per tenant\n")
 	p.printf("  runtime            embedded simulator, %s dialect, one connection for both tenants\n", d)
 	p.printf("  model endpoint     fake, %s\n\n", model.URL())

@@ -31,7 +31,7 @@ func TestMultiTenant(t *testing.T) {
 					t.Errorf("no row showing 10 sessions, 30 turns, 1 credential call, 1 Entra request, 30 model requests, 0 cross-tenant for %s:\n%s", name, text)
 				}
 			}
-			if !strings.Contains(text, "isolation holds") || strings.Contains(text, "fakeid-") {
+			if !strings.Contains(text, "isolation holds") || strings.Contains(text, "azuretest-") {
 				t.Errorf("output:\n%s", text)
 			}
 		})

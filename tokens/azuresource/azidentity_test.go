@@ -1,7 +1,7 @@
 package azuresource_test
 
 // These tests run the real azidentity (and MSAL) code against fake identity
-// endpoints on 127.0.0.1 (internal/fakeidentity), through a Broker, and
+// endpoints on 127.0.0.1 (azuretest), through a Broker, and
 // count the requests that reach the fake. The Azure environment is cleared
 // first and the credentials' transport dials loopback addresses only, so
 // nothing can reach 169.254.169.254 or any other host.
@@ -24,15 +24,14 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/internal/testenv"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource/azuretest"
 )
 
 func unique(prefix string) string {
@@ -52,12 +51,21 @@ func newIdentity() identity {
 	return identity{clientID: unique("client"), resource: res, scope: res + "/.default"}
 }
 
-func newManagedIdentity(t *testing.T, fake *fakeidentity.Server, id identity) azcore.TokenCredential {
+// useIdentity clears the Azure environment and points
+// ManagedIdentityCredential at fake until the end of t.
+func useIdentity(t *testing.T, fake *azuretest.Server) {
 	t.Helper()
-	cred, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-		ID:            azidentity.ClientID(id.clientID),
-		ClientOptions: azcore.ClientOptions{Transport: fake.HTTPClient()},
-	})
+	testenv.ClearAzure(t)
+	for k, v := range fake.Env() {
+		t.Setenv(k, v)
+	}
+}
+
+func newManagedIdentity(t *testing.T, fake *azuretest.Server, id identity) azcore.TokenCredential {
+	t.Helper()
+	opts := fake.ManagedIdentityCredentialOptions()
+	opts.ID = azidentity.ClientID(id.clientID) // checked in the fake's log
+	cred, err := azidentity.NewManagedIdentityCredential(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,9 +83,9 @@ func closeBroker(t *testing.T, b *actors.Broker) {
 // shared Credential over a real ManagedIdentityCredential: one request
 // reaches the identity endpoint.
 func TestManagedIdentityOneRequestForManySessions(t *testing.T) {
-	fake := fakeidentity.NewAppService(fakeidentity.Options{Delay: 20 * time.Millisecond})
+	fake := azuretest.NewManagedIdentity(azuretest.Options{Latency: 20 * time.Millisecond})
 	defer fake.Close()
-	testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
+	useIdentity(t, fake)
 	id := newIdentity()
 	cred := newManagedIdentity(t, fake, id)
 
@@ -161,20 +169,20 @@ func TestManagedIdentityOneRequestForManySessions(t *testing.T) {
 func TestManagedIdentityOneRequestPerLifetime(t *testing.T) {
 	cases := []struct {
 		name    string
-		opts    fakeidentity.Options
+		opts    azuretest.Options
 		span    time.Duration
 		periods int // the issuer's refresh periods in span
 	}{
 		// 1 h tokens: MSAL hands its token out until 5 min before expiry.
-		{"1h tokens", fakeidentity.Options{Lifetime: time.Hour}, 10 * time.Hour, 10},
+		{"1h tokens", azuretest.Options{Lifetime: time.Hour}, 10 * time.Hour, 10},
 		// 24 h tokens with a 12 h refresh_in, like App Service.
-		{"24h tokens, refresh_in 12h", fakeidentity.Options{Lifetime: 24 * time.Hour, RefreshIn: 12 * time.Hour}, 72 * time.Hour, 6},
+		{"24h tokens, refresh_in 12h", azuretest.Options{Lifetime: 24 * time.Hour, RefreshIn: 12 * time.Hour}, 72 * time.Hour, 6},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			fake := fakeidentity.NewAppService(c.opts)
+			fake := azuretest.NewManagedIdentity(c.opts)
 			defer fake.Close()
-			testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
+			useIdentity(t, fake)
 			id := newIdentity()
 			var calls atomic.Int64
 			synctest.Test(t, func(t *testing.T) {
@@ -230,9 +238,9 @@ func TestManagedIdentityOneRequestPerLifetime(t *testing.T) {
 // A failing identity endpoint: the error reaching the caller names the
 // status and the endpoint's error, never its raw response.
 func TestManagedIdentityErrorIsSanitized(t *testing.T) {
-	fake := fakeidentity.NewAppService(fakeidentity.Options{})
+	fake := azuretest.NewManagedIdentity(azuretest.Options{})
 	defer fake.Close()
-	testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
+	useIdentity(t, fake)
 	fake.Fail(400, `{"statusCode":400,"message":"Unable to load the proper Managed Identity.","correlationId":"`+secret+`"}`)
 	b := actors.NewBroker(actors.Options{})
 	defer closeBroker(t, b)
@@ -260,9 +268,9 @@ func TestManagedIdentityErrorIsSanitized(t *testing.T) {
 
 // A hanging identity endpoint: the caller's deadline still holds.
 func TestManagedIdentityHangBoundedByDeadline(t *testing.T) {
-	fake := fakeidentity.NewAppService(fakeidentity.Options{Delay: time.Minute})
+	fake := azuretest.NewManagedIdentity(azuretest.Options{Latency: time.Minute})
 	defer fake.Close()
-	testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
+	useIdentity(t, fake)
 	id := newIdentity()
 	b := actors.NewBroker(actors.Options{RequestTimeout: 100 * time.Millisecond})
 	defer closeBroker(t, b)
@@ -284,15 +292,9 @@ func TestManagedIdentityHangBoundedByDeadline(t *testing.T) {
 	}
 }
 
-func newClientSecret(t *testing.T, fake *fakeidentity.Server, tenant, clientID, clientSecret string) azcore.TokenCredential {
+func newClientSecret(t *testing.T, fake *azuretest.Server, tenant, clientID, clientSecret string) azcore.TokenCredential {
 	t.Helper()
-	cred, err := azidentity.NewClientSecretCredential(tenant, clientID, clientSecret, &azidentity.ClientSecretCredentialOptions{
-		ClientOptions: azcore.ClientOptions{
-			Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: fake.AuthorityHost()},
-			Transport: fake.HTTPClient(),
-		},
-		DisableInstanceDiscovery: true,
-	})
+	cred, err := azidentity.NewClientSecretCredential(tenant, clientID, clientSecret, fake.ClientSecretCredentialOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +307,7 @@ func newClientSecret(t *testing.T, fake *fakeidentity.Server, tenant, clientID, 
 // tenant's token.
 func TestClientSecretTwoTenants(t *testing.T) {
 	testenv.ClearAzure(t)
-	fake := fakeidentity.NewEntra(fakeidentity.Options{ClientSecret: "s3cret"})
+	fake := azuretest.NewEntra(azuretest.Options{ClientSecret: "s3cret"})
 	defer fake.Close()
 	b := actors.NewBroker(actors.Options{})
 	defer closeBroker(t, b)
@@ -351,9 +353,8 @@ func TestClientSecretTwoTenants(t *testing.T) {
 	wg.Wait()
 	issuedTo := map[string]string{} // fingerprint -> tenant, from the fake's log
 	for _, req := range fake.Requests() {
-		// MSAL adds the OpenID scopes to the one asked for.
-		if !strings.HasPrefix(req.Resource, scope+" ") && req.Resource != scope {
-			t.Fatalf("token endpoint asked for scope %q", req.Resource)
+		if req.Scope != scope {
+			t.Fatalf("token endpoint asked for scope %q", req.Scope)
 		}
 		issuedTo[req.Fingerprint] = req.Tenant
 	}
@@ -379,7 +380,7 @@ func TestClientSecretTwoTenants(t *testing.T) {
 // description, and nothing of the request or raw response.
 func TestClientSecretWrongSecret(t *testing.T) {
 	testenv.ClearAzure(t)
-	fake := fakeidentity.NewEntra(fakeidentity.Options{ClientSecret: "right"})
+	fake := azuretest.NewEntra(azuretest.Options{ClientSecret: "right"})
 	defer fake.Close()
 	const wrong = "wrong-secret-value-do-not-print"
 	src := azuresource.New(newClientSecret(t, fake, unique("tenant"), unique("app"), wrong))
@@ -403,9 +404,9 @@ func TestClientSecretWrongSecret(t *testing.T) {
 // error, its Description included, holds none of them. The token it quotes
 // in free text is one this Source served before.
 func TestErrorsQuotingTokens(t *testing.T) {
-	fake := fakeidentity.NewAppService(fakeidentity.Options{})
+	fake := azuretest.NewManagedIdentity(azuretest.Options{})
 	defer fake.Close()
-	testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
+	useIdentity(t, fake)
 	id := newIdentity()
 	src := azuresource.New(newManagedIdentity(t, fake, id))
 	served, err := src.Token(context.Background(), tokens.Request{Scope: id.scope})
@@ -440,9 +441,9 @@ func TestErrorsQuotingTokens(t *testing.T) {
 // azidentity's whole chain; WithRetry(nil) gives the credential's own
 // chain back.
 func TestCallRetriesBounded(t *testing.T) {
-	fake := fakeidentity.NewAppService(fakeidentity.Options{})
+	fake := azuretest.NewManagedIdentity(azuretest.Options{})
 	defer fake.Close()
-	testenv.AppServiceIdentity(t, fake.Endpoint(), fake.Header())
+	useIdentity(t, fake)
 	fake.Fail(http.StatusInternalServerError, `{"statusCode":500,"message":"identity service unavailable"}`)
 	for _, tc := range []struct {
 		name     string

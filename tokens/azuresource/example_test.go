@@ -6,15 +6,13 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/sessions"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tokens/azuresource"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource/azuretest"
 )
 
 // An azidentity credential shared by many sessions through one tokenbroker
@@ -24,15 +22,9 @@ import (
 // once, on the Credential; without one the configuration is refused before
 // any session opens.
 func Example() {
-	entra := fakeidentity.NewEntra(fakeidentity.Options{ClientSecret: "s3cret"})
+	entra := azuretest.NewEntra(azuretest.Options{ClientSecret: "s3cret"})
 	defer entra.Close()
-	cred, err := azidentity.NewClientSecretCredential("tenant-a", "app-id", "s3cret", &azidentity.ClientSecretCredentialOptions{
-		ClientOptions: azcore.ClientOptions{
-			Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: entra.AuthorityHost()},
-			Transport: entra.HTTPClient(),
-		},
-		DisableInstanceDiscovery: true,
-	})
+	cred, err := azidentity.NewClientSecretCredential("tenant-a", "app-id", "s3cret", entra.ClientSecretCredentialOptions())
 	if err != nil {
 		panic(err)
 	}

@@ -17,8 +17,8 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/tokenbroker/tokenbroker/actors"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidentity"
 	"github.com/tokenbroker/tokenbroker/tokens"
+	"github.com/tokenbroker/tokenbroker/tokens/azuresource/azuretest"
 	"github.com/tokenbroker/tokenbroker/tokens/oauth2source"
 )
 
@@ -169,15 +169,15 @@ func TestPanicRecovered(t *testing.T) {
 // endpoint (OAuth2 client credentials over TLS on 127.0.0.1), through a
 // broker: many sessions and turns, one token request.
 func TestClientCredentialsThroughBroker(t *testing.T) {
-	fake := fakeidentity.NewEntra(fakeidentity.Options{ClientSecret: "s3cret"})
+	fake := azuretest.NewEntra(azuretest.Options{ClientSecret: "s3cret"})
 	defer fake.Close()
 	cfg := clientcredentials.Config{
 		ClientID:     "app",
 		ClientSecret: "s3cret",
-		TokenURL:     fake.URL() + "/tenant/oauth2/v2.0/token",
+		TokenURL:     fake.URL + "/tenant/oauth2/v2.0/token",
 		Scopes:       []string{"https://cognitiveservices.azure.com/.default"},
 	}
-	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, fake.HTTPClient())
+	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, fake.Client())
 	b := actors.NewBroker(actors.Options{})
 	defer func() {
 		if err := b.Close(); err != nil {
