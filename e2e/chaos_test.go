@@ -105,7 +105,9 @@ func chaosKinds() []chaosKind {
 			// The service's log gets a panic's value with secrets cut out:
 			// a secret in it has a secret's shape.
 			secret := w.secret("panic-value-")
-			s.behave = func(context.Context, int64) (tokens.Token, error) { panic("credential blew up holding client_secret=" + secret) }
+			s.behave = func(context.Context, int64) (tokens.Token, error) {
+				panic("credential blew up holding client_secret=" + secret)
+			}
 			return s
 		}},
 		{name: "empty", codes: []int64{transport.CodeInvalidToken}, make: func(w *hardWorld, prefix string, _ <-chan struct{}) *hardSource {
