@@ -34,16 +34,6 @@ func ClearAzure(t testing.TB) {
 	}
 }
 
-// AppServiceIdentity clears the Azure environment (ClearAzure) and points
-// ManagedIdentityCredential at an App Service identity endpoint for the
-// duration of t.
-func AppServiceIdentity(t testing.TB, endpoint, header string) {
-	t.Helper()
-	ClearAzure(t)
-	t.Setenv("IDENTITY_ENDPOINT", endpoint)
-	t.Setenv("IDENTITY_HEADER", header)
-}
-
 func matches(k string) bool {
 	for _, p := range prefixes {
 		if strings.HasPrefix(k, p) {

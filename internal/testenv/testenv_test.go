@@ -25,10 +25,4 @@ func TestClearAzure(t *testing.T) {
 	if os.Getenv("AZURE_CLIENT_ID") != "x" || os.Getenv("IMDS_ENDPOINT") != "x" {
 		t.Fatal("not restored after the test")
 	}
-	t.Run("app service", func(t *testing.T) {
-		AppServiceIdentity(t, "http://127.0.0.1:1/msi/token", "h")
-		if os.Getenv("IDENTITY_ENDPOINT") != "http://127.0.0.1:1/msi/token" || os.Getenv("IDENTITY_HEADER") != "h" || os.Getenv("AZURE_CLIENT_ID") != "" {
-			t.Fatal("not set up")
-		}
-	})
 }
