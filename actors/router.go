@@ -142,10 +142,10 @@ func (r *Router) lookup(req tokens.Request) (*session, *route, error) {
 	}
 	rt := s.route(req.ProviderName)
 	if rt == nil {
-		return nil, nil, unknownProvider(req.SessionID, req.ProviderName)
+		return s, nil, unknownProvider(req.SessionID, req.ProviderName)
 	}
 	if req.Scope != "" && req.Scope != rt.scope {
-		return nil, nil, newError(ErrScopeMismatch, nil, "provider %q in session %q is not configured for scope %q", req.ProviderName, req.SessionID, req.Scope)
+		return s, nil, newError(ErrScopeMismatch, nil, "provider %q in session %q is not configured for scope %q", req.ProviderName, req.SessionID, req.Scope)
 	}
 	return s, rt, nil
 }
@@ -157,6 +157,9 @@ func (r *Router) lookup(req tokens.Request) (*session, *route, error) {
 func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error) {
 	s, rt, err := r.lookup(req)
 	if err != nil {
+		if s != nil {
+			s.noteFailure(err)
+		}
 		return Grant{}, err
 	}
 	if g, ok := rt.p.cached(ctx, r.b.clock.Now()); ok {
@@ -174,10 +177,33 @@ func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error)
 		if c := rt.p.shared; c != nil {
 			prefix += fmt.Sprintf("shared credential %q: ", c.Name())
 		}
-		return g, &contextError{prefix: prefix, err: err}
+		err = &contextError{prefix: prefix, err: err}
+		s.noteFailure(err)
+		return g, err
 	}
 	s.noteServed(rt, g)
 	return g, nil
+}
+
+// LastError is the error the latest token request of a session got: nil
+// if it was served, or none came. The runtime reports a turn that failed
+// for want of a token with only this error's text; LastError gives the
+// error itself, for errors.Is. Once the connection has closed, it is the
+// reason (ErrClosed) for every session.
+func (r *Router) LastError(sessionID string) error {
+	r.mu.RLock()
+	s := r.sessions[sessionID]
+	closed := r.closed
+	r.mu.RUnlock()
+	switch {
+	case s != nil:
+		if f := s.failure.Load(); f != nil {
+			return f.err
+		}
+	case closed:
+		return r.b.closedError("connection")
+	}
+	return nil
 }
 
 // Invalidate drops the cached token of a session's provider (of the shared

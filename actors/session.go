@@ -13,6 +13,9 @@ type session struct {
 	id     string
 	routes []route
 	served []atomic.Uint64 // by route: the token last served (Grant.gen), for Router.Rejected
+	// failure is the error of the latest token request, nil once one is
+	// served: see Router.LastError.
+	failure atomic.Pointer[failure]
 	pid    *actor.PID
 	done   chan struct{} // closed when the session closes: its waiters give up
 	once   sync.Once
@@ -42,13 +45,21 @@ func (s *session) route(name string) *route {
 	return nil
 }
 
-// noteServed remembers which token rt's provider last served s, storing
-// only on a change: the hot path reads a cache line it rarely writes.
+type failure struct{ err error }
+
+// noteServed remembers which token rt's provider last served s, and that
+// the latest request succeeded, storing only on a change: the hot path
+// reads cache lines it rarely writes.
 func (s *session) noteServed(rt *route, g Grant) {
 	if s.served[rt.index].Load() != g.gen {
 		s.served[rt.index].Store(g.gen)
 	}
+	if s.failure.Load() != nil {
+		s.failure.Store(nil)
+	}
 }
+
+func (s *session) noteFailure(err error) { s.failure.Store(&failure{err: err}) }
 
 func (s *session) close(root *actor.RootContext) {
 	s.once.Do(func() {

@@ -161,7 +161,7 @@ func (s *Session) Destroy(ctx context.Context) error {
 // deliver hands an event to the waiting turns and to Events. It runs on the
 // connection's read loop and never blocks.
 func (s *Session) deliver(ev Event) {
-	ev = s.heal(ev)
+	ev = s.heal(s.explain(ev))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {

@@ -44,12 +44,15 @@ var (
 )
 
 // SessionError is a session.error event: the runtime's errorType (e.g.
-// "query", "authentication") and its message. A failing token callback shows
-// up here, its message carried inside the runtime's.
+// "query", "authentication") and its message. A turn that failed because
+// tokenbroker could not serve a token carries that error's text in the
+// runtime's message, and the error itself: errors.Is matches its sentinel
+// (actors.ErrCredential, actors.ErrTimeout, actors.ErrClosed...).
 type SessionError struct {
 	SessionID string
 	Type      string
 	Message   string
+	cause     error // the session's failed token request, if its last one failed
 }
 
 func (e *SessionError) Error() string {
@@ -58,6 +61,9 @@ func (e *SessionError) Error() string {
 
 // Is makes errors.Is(err, ErrSessionFailed) true.
 func (e *SessionError) Is(target error) bool { return target == ErrSessionFailed }
+
+// Unwrap is the failed token request behind the error, if any.
+func (e *SessionError) Unwrap() error { return e.cause }
 
 // callError is the runtime's error reply to method.
 type callError struct {

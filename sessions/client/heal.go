@@ -38,6 +38,21 @@ func endpoints(cfg sessions.SessionConfig) []endpoint {
 	return es
 }
 
+// explain gives a session.error the error of the session's token request,
+// when its last one failed: the runtime asks for a token before every
+// model request, so a turn that ends that way failed for want of a token,
+// and the runtime's report keeps only the error's text.
+func (s *Session) explain(ev Event) Event {
+	if ev.Type != EventSessionError || ev.err != nil {
+		return ev
+	}
+	if cause := s.c.router.LastError(s.id); cause != nil {
+		d := ev.data()
+		ev.err = &SessionError{SessionID: ev.SessionID, Type: d.ErrorType, Message: d.Message, cause: cause}
+	}
+	return ev
+}
+
 // heal acts on a turn that failed because the provider rejected our token:
 // it reports the rejection to the Router for each of the session's
 // providers that this side serves (see actors.Router.Rejected), so the

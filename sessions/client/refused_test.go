@@ -48,6 +48,10 @@ func TestRefusedConfigurations(t *testing.T) {
 		return sessions.SessionConfig{Model: "gpt-4o", Provider: &p}
 	}
 	ok := sessions.ProviderConfig{BaseURL: url, BearerTokenSource: src}
+	scoped, err := b.NewCredential("scoped", "api://a/.default", src)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		cfg  sessions.SessionConfig
@@ -63,6 +67,7 @@ func TestRefusedConfigurations(t *testing.T) {
 		{"Provider and Models", sessions.SessionConfig{Provider: &ok, Models: named(ok).Models}, sessions.ErrProviderAndList},
 		{"azuresource without a scope", whole(sessions.ProviderConfig{BaseURL: url, BearerTokenSource: azure}), sessions.ErrScopeRequired},
 		{"named azuresource without a scope", named(sessions.ProviderConfig{BaseURL: url, BearerTokenSource: azure}), sessions.ErrScopeRequired},
+		{"a scope other than its Credential's", whole(sessions.ProviderConfig{BaseURL: url, BearerTokenSource: scoped, BearerTokenScope: "api://b/.default"}), actors.ErrScopeMismatch},
 		{"a nil tokens.Func", whole(sessions.ProviderConfig{BaseURL: url, BearerTokenSource: tokens.Func(nil)}), sessions.ErrNoCredential},
 		{"a nil *actors.Credential", named(sessions.ProviderConfig{BaseURL: url, BearerTokenSource: (*actors.Credential)(nil)}), sessions.ErrNoCredential},
 	} {
