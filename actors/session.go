@@ -16,9 +16,9 @@ type session struct {
 	// failure is the error of the latest token request, nil once one is
 	// served: see Router.LastError.
 	failure atomic.Pointer[failure]
-	pid    *actor.PID
-	done   chan struct{} // closed when the session closes: its waiters give up
-	once   sync.Once
+	pid     *actor.PID
+	done    chan struct{} // closed when the session closes: its waiters give up
+	once    sync.Once
 }
 
 type route struct {
