@@ -17,7 +17,7 @@ import (
 
 // callSpec says which credential call to make and why.
 type callSpec struct {
-	reason  Reason
+	reason  reason
 	session string          // a per-session provider's session, passed to its Source
 	trigger context.Context // the request that caused it, for trace parentage; nil: none
 	// background: the call serves whoever comes next, not the trigger: a

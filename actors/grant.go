@@ -31,20 +31,21 @@ func (o Outcome) String() string {
 	return tracing.OutcomeError
 }
 
-// Reason says why a credential was called.
-type Reason uint8
+// reason says why a credential was called: the refresh span attribute
+// tracing.RefreshReason and the refreshes metric carry it.
+type reason uint8
 
 const (
-	ReasonCold        Reason = iota // nothing cached yet
-	ReasonProactive                 // past the refresh point, token still valid
-	ReasonExpired                   // cached token past the floor
-	ReasonInvalidated               // cache dropped by Invalidate
-	ReasonRetry                     // background retry after a failure
-	ReasonBare                      // single-use token
-	ReasonRejected                  // cache dropped because the model provider rejected the token
+	reasonCold        reason = iota // nothing cached yet
+	reasonProactive                 // past the refresh point, token still valid
+	reasonExpired                   // cached token past the floor
+	reasonInvalidated               // cache dropped by Invalidate
+	reasonRetry                     // background retry after a failure
+	reasonBare                      // single-use token
+	reasonRejected                  // cache dropped because the model provider rejected the token
 )
 
-func (r Reason) String() string {
+func (r reason) String() string {
 	return [...]string{"cold", "proactive", "expired", "invalidated", "retry", "bare", "rejected"}[r]
 }
 

@@ -43,7 +43,7 @@ func newInstruments(m metric.Meter, b *Broker) *instruments {
 	return in
 }
 
-func (in *instruments) refreshed(reason Reason, outcome string, seconds float64) {
+func (in *instruments) refreshed(reason reason, outcome string, seconds float64) {
 	set := metric.WithAttributeSet(attribute.NewSet(tracing.RefreshReason.String(reason.String()), tracing.Outcome.String(outcome)))
 	in.refreshes.Add(context.Background(), 1, set)
 	in.refreshDuration.Record(context.Background(), seconds, set)

@@ -313,7 +313,7 @@ func (a *providerActor) onAcquire(ctx actor.Context, m *acquire, now time.Time) 
 	case a.cache.servable(policy, now):
 		m.reply <- reply{grant: Grant{Token: a.cache.tok, Outcome: OutcomeHit, gen: a.cache.gen}}
 		if a.call.id == 0 && !now.Before(a.cache.refreshAt) && !a.backoff.active(now) {
-			a.startCall(ctx, ReasonProactive, m.ctx, true)
+			a.startCall(ctx, reasonProactive, m.ctx, true)
 		}
 		return
 	case a.backoff.active(now):
@@ -327,16 +327,16 @@ func (a *providerActor) onAcquire(ctx actor.Context, m *acquire, now time.Time) 
 	if a.call.id != 0 {
 		return // coalesced; the outcome is settled when the call ends
 	}
-	reason := ReasonCold
+	reason := reasonCold
 	switch {
 	case a.backoff.last != nil:
-		reason = ReasonRetry
+		reason = reasonRetry
 	case a.cache.invalidated && a.p.afterRejection(a.epoch):
-		reason = ReasonRejected
+		reason = reasonRejected
 	case a.cache.invalidated:
-		reason = ReasonInvalidated
+		reason = reasonInvalidated
 	case a.cache.valid:
-		reason = ReasonExpired
+		reason = reasonExpired
 	}
 	a.startCall(ctx, reason, m.ctx, false)
 }
@@ -348,9 +348,9 @@ func (a *providerActor) onRefreshDue(ctx actor.Context, link trace.SpanContext, 
 	if a.call.id != 0 || a.backoff.active(now) || !a.cache.valid || a.p.closed.Load() || !a.inUse() {
 		return
 	}
-	reason := ReasonProactive
+	reason := reasonProactive
 	if a.backoff.last != nil {
-		reason = ReasonRetry
+		reason = reasonRetry
 	}
 	a.startCall(ctx, reason, trace.ContextWithSpanContext(context.Background(), link), true)
 }
@@ -368,7 +368,7 @@ func (a *providerActor) inUse() bool {
 // goroutine, detached from any caller's cancellation. Its RefreshTimeout
 // starts once the broker's call limit lets it run: waiting for a slot is
 // not the credential's fault.
-func (a *providerActor) startCall(ctx actor.Context, reason Reason, trigger context.Context, background bool) {
+func (a *providerActor) startCall(ctx actor.Context, reason reason, trigger context.Context, background bool) {
 	a.call.lastID++
 	id := a.call.lastID
 	a.call.id, a.call.epoch = id, a.p.epoch.Load()
@@ -397,7 +397,7 @@ func (a *providerActor) startCall(ctx actor.Context, reason Reason, trigger cont
 // callBare gets a single-use token for one request.
 func (a *providerActor) callBare(m *acquire) {
 	b, p, halt := a.p.b, a.p, a.halt
-	spec := callSpec{reason: ReasonBare, session: m.session, trigger: m.ctx}
+	spec := callSpec{reason: reasonBare, session: m.session, trigger: m.ctx}
 	b.running.Add(1)
 	go func() {
 		defer b.running.Done()
@@ -428,7 +428,7 @@ func (a *providerActor) onCallDone(ctx actor.Context, m *callDone, now time.Time
 	if a.call.epoch != a.epoch {
 		// Invalidated while the call ran: its token may be the one revoked.
 		if len(a.call.waiters) > 0 && !a.p.closed.Load() {
-			a.startCall(ctx, ReasonInvalidated, context.Background(), false)
+			a.startCall(ctx, reasonInvalidated, context.Background(), false)
 		}
 		return
 	}

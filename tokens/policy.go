@@ -108,10 +108,10 @@ func (p Policy) Normalize() Policy {
 	return p
 }
 
-// Lead is how long before expiry a token obtained at obtained should be
+// lead is how long before expiry a token obtained at obtained should be
 // refreshed, before jitter. The issuer's RefreshOn hint wins when it lies
 // inside the token's life.
-func (p Policy) Lead(t Token, obtained time.Time) time.Duration {
+func (p Policy) lead(t Token, obtained time.Time) time.Duration {
 	life := t.ExpiresOn.Sub(obtained)
 	if life <= 0 {
 		return 0
@@ -125,9 +125,9 @@ func (p Policy) Lead(t Token, obtained time.Time) time.Duration {
 	return min(max(p.MinLead, life/4), life/2)
 }
 
-// Jitter is the amount the refresh point moves earlier for a draw r in
+// jitter is the amount the refresh point moves earlier for a draw r in
 // [0, 1): up to min(JitterFraction*lead, MaxJitter).
-func (p Policy) Jitter(lead time.Duration, r float64) time.Duration {
+func (p Policy) jitter(lead time.Duration, r float64) time.Duration {
 	span := min(time.Duration(float64(lead)*p.JitterFraction), p.MaxJitter)
 	if span <= 0 {
 		return 0
@@ -142,14 +142,14 @@ func (p Policy) RefreshAt(t Token, obtained time.Time, r float64) time.Time {
 	if t.Bare() || !t.ExpiresOn.After(obtained) {
 		return obtained
 	}
-	lead := p.Lead(t, obtained)
+	lead := p.lead(t, obtained)
 	base := t.ExpiresOn.Add(-lead)
 	if stale := p.StaleAt(t); base.After(stale) && stale.After(obtained) {
 		// A hint inside the floor would leave callers between the floor
 		// and the hint waiting for a refresh in the foreground.
 		base = stale
 	}
-	if at := base.Add(-p.Jitter(lead, r)); at.After(obtained) {
+	if at := base.Add(-p.jitter(lead, r)); at.After(obtained) {
 		return at
 	}
 	if base.After(obtained) {

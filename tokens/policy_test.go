@@ -71,7 +71,7 @@ func TestLead(t *testing.T) {
 		{"bare", tokens.Token{Value: "v"}, 0},
 	}
 	for _, c := range cases {
-		if got := p.Lead(c.tok, t0); got != c.want {
+		if got := tokens.PolicyLead(p, c.tok, t0); got != c.want {
 			t.Errorf("%s: Lead = %s, want %s", c.name, got, c.want)
 		}
 	}
@@ -115,24 +115,24 @@ func TestJitterBounds(t *testing.T) {
 		{0, 0},
 	}
 	for _, c := range cases {
-		if got := p.Jitter(c.lead, 0); got != 0 {
+		if got := tokens.PolicyJitter(p, c.lead, 0); got != 0 {
 			t.Errorf("Jitter(%s, 0) = %s, want 0", c.lead, got)
 		}
-		if got := p.Jitter(c.lead, 0.5); got != c.span/2 {
+		if got := tokens.PolicyJitter(p, c.lead, 0.5); got != c.span/2 {
 			t.Errorf("Jitter(%s, 0.5) = %s, want %s", c.lead, got, c.span/2)
 		}
 		// The draw is in [0, 1): the jitter stays strictly below the span.
-		if got := p.Jitter(c.lead, 0.9999999); got > c.span || (c.span > 0 && got < c.span*99/100) {
+		if got := tokens.PolicyJitter(p, c.lead, 0.9999999); got > c.span || (c.span > 0 && got < c.span*99/100) {
 			t.Errorf("Jitter(%s, ~1) = %s, want just under %s", c.lead, got, c.span)
 		}
 	}
 
 	noJitter := tokens.Policy{}.Normalize()
-	if got := noJitter.Jitter(time.Hour, 0.9); got != 0 {
+	if got := tokens.PolicyJitter(noJitter, time.Hour, 0.9); got != 0 {
 		t.Errorf("zero JitterFraction: Jitter = %s, want 0", got)
 	}
 	negative := tokens.Policy{JitterFraction: -1, MaxJitter: -time.Second}.Normalize()
-	if got := negative.Jitter(time.Hour, 0.9); got != 0 {
+	if got := tokens.PolicyJitter(negative, time.Hour, 0.9); got != 0 {
 		t.Errorf("negative jitter settings: Jitter = %s, want 0", got)
 	}
 }
@@ -153,7 +153,7 @@ func TestRefreshAtJitterOnlyEarlier(t *testing.T) {
 				tk.RefreshOn = t0.Add(life * 3 / 5)
 			}
 			base := p.RefreshAt(tk, t0, 0)
-			bound := min(time.Duration(0.10*float64(p.Lead(tk, t0))), 5*time.Minute)
+			bound := min(time.Duration(0.10*float64(tokens.PolicyLead(p, tk, t0))), 5*time.Minute)
 			for range 200 {
 				r := rng.Float64()
 				at := p.RefreshAt(tk, t0, r)
@@ -433,10 +433,10 @@ func TestNormalize(t *testing.T) {
 		t.Fatalf("TimeoutBackoff with 2 min base = %s, want 10s + 110s/2", got)
 	}
 	custom := tokens.Policy{HalfLifeFrom: time.Hour, MinLead: time.Minute}.Normalize()
-	if got := custom.Lead(tok(time.Hour), t0); got != 30*time.Minute {
+	if got := tokens.PolicyLead(custom, tok(time.Hour), t0); got != 30*time.Minute {
 		t.Fatalf("custom HalfLifeFrom: Lead = %s", got)
 	}
-	if got := custom.Lead(tok(2*time.Minute), t0); got != time.Minute {
+	if got := tokens.PolicyLead(custom, tok(2*time.Minute), t0); got != time.Minute {
 		t.Fatalf("custom MinLead: Lead = %s", got)
 	}
 }

@@ -10,7 +10,7 @@ const Redacted = "[redacted]"
 
 // MinScrubLength is the shortest known value Scrub cuts out: a shorter one
 // would match ordinary words, and is no credential anyway.
-const MinScrubLength = 6
+const minScrubLength = 6
 
 // secretShapes are the forms a secret most often takes inside an error
 // message: a JWT; a bearer credential; and the value of a token-like key
@@ -34,7 +34,7 @@ var secretShapes = regexp.MustCompile(
 // oauth2source all use it. Correlate tokens with Fingerprint instead.
 func Scrub(s string, known ...string) string {
 	for _, k := range known {
-		if len(k) >= MinScrubLength && strings.Contains(s, k) {
+		if len(k) >= minScrubLength && strings.Contains(s, k) {
 			s = strings.ReplaceAll(s, k, Redacted)
 		}
 	}
