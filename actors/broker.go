@@ -35,7 +35,9 @@ const DefaultRequestTimeout = 30 * time.Second
 type Options struct {
 	// Logger receives tokenbroker's and protoactor-go's logs. Nil: silent.
 	Logger *slog.Logger
-	// Policy is the token refresh policy. Zero: tokens.DefaultPolicy().
+	// Policy is the token refresh policy. Nil: tokens.DefaultPolicy(); a
+	// policy given has its zero fields set to the defaults (see
+	// tokens.Policy.Normalize: jitter stays off unless set).
 	Policy *tokens.Policy
 	// RequestTimeout bounds each token request that must wait for its
 	// credential. Zero: DefaultRequestTimeout.

@@ -9,8 +9,9 @@ import (
 	"github.com/tokenbroker/tokenbroker/tracing"
 )
 
-// instruments are the broker's own metrics; token request metrics belong to
-// the transport, which knows the dialect.
+// instruments are the broker's metrics of credential calls, sessions and
+// providers. Token request metrics, which carry the dialect, are recorded
+// by internal/requestobs, for the transport and for Credential.BearerToken.
 type instruments struct {
 	refreshes       metric.Int64Counter
 	refreshDuration metric.Float64Histogram
