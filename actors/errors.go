@@ -7,8 +7,33 @@ import (
 	"time"
 )
 
-// Sentinel errors, usable with errors.Is. The messages the runtime sees are
-// longer: they name the session and provider involved.
+// Sentinel errors, usable with errors.Is; the messages are longer and name
+// the session, provider and credential involved. A turn that failed for
+// want of a token matches them too, through the client's *SessionError.
+//
+//	sentinel            when                                  what to do
+//	ErrNoCredential     Open or NewCredential got a nil       give the provider a Source
+//	                    Source (a tokens.Func never set)
+//	ErrSessionExists    Open of an id open on the Router      close it first, or use another id
+//	ErrScopeMismatch    a scope other than the configured     configure one scope; a shared
+//	                    one (a shared Credential's)           Credential's is its providers'
+//	ErrUnknownSession   a token request for a session not     open it before session.create
+//	                    open on this connection               (sessions.Open does)
+//	ErrUnknownProvider  a token request for a provider the    declare that provider with a Source
+//	                    session did not declare
+//	ErrCredential       the Source failed (its words,         fix what it says: identity endpoint,
+//	                    scrubbed, follow) or panicked         secret, network; a panic is logged
+//	ErrInvalidToken     the Source returned "" or "Bearer …"  fix the Source
+//	ErrTimeout          no answer within RefreshTimeout or    the endpoint hangs: check network,
+//	                    the request's deadline                proxy, authority host
+//	ErrNoCallSlot       the deadline passed while the call    calls of other credentials hold the
+//	                    waited for a slot of the call limit   limit: raise MaxConcurrentCalls
+//	ErrBackoff          the credential failed moments ago     nothing: it is tried again at the
+//	                    (also matches that failure)           time the message gives
+//	ErrRejectedAgain    the model provider rejected a token   give the identity access to the model
+//	                    fetched to replace a rejected one     (its role assignment)
+//	ErrClosed           the broker, connection, session or    reconnect, or stop using it
+//	                    Credential closed
 var (
 	ErrUnknownSession  = errors.New("session not registered")
 	ErrUnknownProvider = errors.New("no bearer-token provider registered")
