@@ -1,13 +1,17 @@
-// Command multi-tenant shows two tenants sharing one Copilot runtime
+// Command multi-tenant shows three tenants sharing one Copilot runtime
 // connection through tokenbroker, each tenant with its own shared
-// Credential: many sessions per tenant, one token request per tenant to the
+// Credential: many sessions per tenant, one token request per tenant to its
 // identity provider, and no session ever sent another tenant's token.
 //
-// It runs offline: each tenant's credential is a real
-// azidentity.ClientSecretCredential talking to an embedded fake Microsoft
-// Entra token endpoint (TLS on 127.0.0.1); the runtime is the embedded
-// simulator; the model endpoint is a fake that accepts only tokens the fake
-// Entra issued. Tokens are printed as fingerprints only.
+// It runs offline. Two tenants authenticate as their own Entra app: a real
+// azidentity.ClientSecretCredential talking to a fake Microsoft Entra token
+// endpoint (TLS on 127.0.0.1). The third uses a user-assigned managed
+// identity of the host: a real azidentity.ManagedIdentityCredential talking
+// to a fake App Service identity endpoint, found, as in App Service, through
+// the IDENTITY_ENDPOINT and IDENTITY_HEADER variables, which this program
+// sets for itself. Both fakes are tokens/azuresource/azuretest. The runtime
+// is the embedded simulator; the model endpoint is a fake that accepts only
+// tokens the fakes issued. Tokens are printed as fingerprints only.
 //
 //	go run ./examples/multi-tenant
 //	go run ./examples/multi-tenant -sessions 50 -turns 5
@@ -60,25 +64,45 @@ func main() {
 	}
 }
 
-// tenant is one customer of the service: its own Entra tenant, app
-// registration and shared Credential.
+// tenant is one customer of the service: its own identity (an Entra app
+// registration, or a managed identity of the host) and shared Credential.
 type tenant struct {
 	name     string
-	tenantID string
+	identity string // the Entra tenant id, or the managed identity's client id
+	issuer   *azuretest.Server
 	cred     *actors.Credential
 	calls    atomic.Int64 // credential calls reaching azidentity
 	sessions []string
 	failed   atomic.Int64
 }
 
+// identityOf says which identity a token request to s was for.
+func identityOf(s *azuretest.Server, r azuretest.Request) string {
+	if r.Tenant != "" {
+		return r.Tenant
+	}
+	return r.ClientID
+}
+
 func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName string) error {
 	p := &printer{w: out}
 	entra := azuretest.NewEntra(azuretest.Options{Lifetime: time.Hour, Latency: 20 * time.Millisecond})
 	defer entra.Close()
-	issuedTo := func(fp string) string { // token fingerprint -> tenant id
-		for _, r := range entra.Requests() {
-			if r.Fingerprint == fp {
-				return r.Tenant
+	mi := azuretest.NewManagedIdentity(azuretest.Options{Lifetime: time.Hour, Latency: 20 * time.Millisecond})
+	defer mi.Close()
+	// App Service sets these for the process; here the fake stands in.
+	for k, v := range mi.Env() {
+		if err := os.Setenv(k, v); err != nil {
+			return err
+		}
+	}
+	issuers := []*azuretest.Server{entra, mi}
+	issuedTo := func(fp string) string { // token fingerprint -> identity
+		for _, s := range issuers {
+			for _, r := range s.Requests() {
+				if r.Fingerprint == fp {
+					return identityOf(s, r)
+				}
 			}
 		}
 		return ""
@@ -95,16 +119,29 @@ func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName s
 	broker := actors.NewBroker(actors.Options{})
 	defer broker.Close()
 
-	tenants := []*tenant{{name: "contoso"}, {name: "fabrikam"}}
+	tenants := []*tenant{{name: "contoso", issuer: entra}, {name: "fabrikam", issuer: entra}, {name: "northwind", issuer: mi}}
 	for _, tn := range tenants {
-		tn.tenantID = randomHex(8) + "-" + tn.name
-		// The options trust the fake's certificate, dial 127.0.0.1 only and
-		// name the fake as the authority host.
-		cred, err := azidentity.NewClientSecretCredential(tn.tenantID, "app-"+tn.name, "secret-of-"+tn.name, entra.ClientSecretCredentialOptions())
-		if err != nil {
-			return err
+		var az tokens.Source
+		if tn.issuer == entra {
+			tn.identity = randomHex(8) + "-" + tn.name
+			// The options trust the fake's certificate, dial 127.0.0.1
+			// only and name the fake as the authority host.
+			cred, err := azidentity.NewClientSecretCredential(tn.identity, "app-"+tn.name, "secret-of-"+tn.name, entra.ClientSecretCredentialOptions())
+			if err != nil {
+				return err
+			}
+			az = azuresource.New(cred)
+		} else {
+			// A user-assigned identity of the host: the options name its
+			// client id.
+			opts := mi.ManagedIdentityCredentialOptions()
+			cred, err := azidentity.NewManagedIdentityCredential(opts)
+			if err != nil {
+				return err
+			}
+			tn.identity = fmt.Sprint(opts.ID)
+			az = azuresource.New(cred)
 		}
-		az := azuresource.New(cred)
 		// One Credential per tenant, shared by all of that tenant's
 		// sessions. Never one Credential for two tenants.
 		tn.cred, err = broker.NewCredential("foundry", scope, tokens.Func(func(ctx context.Context, req tokens.Request) (tokens.Token, error) {
@@ -130,9 +167,11 @@ func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName s
 	defer client.Close()
 
 	p.printf("tokenbroker multi-tenant example (offline)\n")
-	p.printf("  identity provider  fake Microsoft Entra, %s (one tenant each)\n", entra.URL)
-	p.printf("  credentials        azidentity.ClientSecretCredential per tenant -> one shared tokenbroker Credential per tenant\n")
-	p.printf("  runtime            embedded simulator, %s dialect, one connection for both tenants\n", d)
+	p.printf("  identity providers fake Microsoft Entra, %s (contoso, fabrikam: an app each)\n", entra.URL)
+	p.printf("                     fake App Service managed identity, %s (northwind: a user-assigned identity)\n", mi.URL)
+	p.printf("  credentials        azidentity.ClientSecretCredential or ManagedIdentityCredential per tenant\n")
+	p.printf("                     -> one shared tokenbroker Credential per tenant\n")
+	p.printf("  runtime            embedded simulator, %s dialect, one connection for all tenants\n", d)
 	p.printf("  model endpoint     fake, %s\n\n", model.URL())
 	p.printf("%d tenants × %d sessions × %d turns, all at once, interleaved on one runtime connection\n", len(tenants), perTenant, turns)
 
@@ -154,8 +193,8 @@ func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName s
 	p.printf("  done in %s\n\n", time.Since(start).Round(time.Millisecond))
 
 	// Proof of isolation: the runtime recorded which token each session's
-	// model requests carried; the fake Entra recorded which tenant each
-	// token was issued to.
+	// model requests carried; the fake identity endpoints recorded which
+	// identity each token was issued to.
 	tenantOf := map[string]*tenant{} // session id -> tenant
 	for _, tn := range tenants {
 		for _, id := range tn.sessions {
@@ -183,28 +222,30 @@ func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName s
 		t := tallies[tn]
 		t.modelRequests++
 		t.tokens[r.Fingerprint] = true
-		if issuedTo(r.Fingerprint) != tn.tenantID {
+		if issuedTo(r.Fingerprint) != tn.identity {
 			t.crossTenant++
 		}
 	}
-	endpoint := map[string]int{}
-	for _, r := range entra.Requests() {
-		if r.Status == 200 {
-			endpoint[r.Tenant]++
+	endpoint := map[string]int{} // identity -> tokens issued
+	for _, s := range issuers {
+		for _, r := range s.Requests() {
+			if r.Status == 200 {
+				endpoint[identityOf(s, r)]++
+			}
 		}
 	}
 
-	p.printf("  %-9s %8s %6s %14s %16s %15s %15s %12s\n", "tenant", "sessions", "turns", "token requests", "credential calls", "Entra requests", "model requests", "cross-tenant")
+	p.printf("  %-9s %8s %6s %14s %16s %17s %15s %12s\n", "tenant", "sessions", "turns", "token requests", "credential calls", "identity requests", "model requests", "cross-tenant")
 	var problems []string
 	for _, tn := range tenants {
 		t := tallies[tn]
-		p.printf("  %-9s %8d %6d %14d %16d %15d %15d %12d\n", tn.name, len(tn.sessions), len(tn.sessions)*turns,
-			t.tokenRequests, tn.calls.Load(), endpoint[tn.tenantID], t.modelRequests, t.crossTenant)
+		p.printf("  %-9s %8d %6d %14d %16d %17d %15d %12d\n", tn.name, len(tn.sessions), len(tn.sessions)*turns,
+			t.tokenRequests, tn.calls.Load(), endpoint[tn.identity], t.modelRequests, t.crossTenant)
 		if tn.failed.Load() > 0 {
 			problems = append(problems, fmt.Sprintf("%s: %d sessions failed", tn.name, tn.failed.Load()))
 		}
-		if tn.calls.Load() != 1 || endpoint[tn.tenantID] != 1 {
-			problems = append(problems, fmt.Sprintf("%s: %d credential calls, %d Entra requests (want 1 and 1)", tn.name, tn.calls.Load(), endpoint[tn.tenantID]))
+		if tn.calls.Load() != 1 || endpoint[tn.identity] != 1 {
+			problems = append(problems, fmt.Sprintf("%s: %d credential calls, %d identity requests (want 1 and 1)", tn.name, tn.calls.Load(), endpoint[tn.identity]))
 		}
 		if t.crossTenant != 0 {
 			problems = append(problems, fmt.Sprintf("%s: %d model requests carried another tenant's token", tn.name, t.crossTenant))
@@ -212,7 +253,7 @@ func run(ctx context.Context, out io.Writer, perTenant, turns int, dialectName s
 	}
 	p.printf("\n")
 	for _, tn := range tenants {
-		p.printf("  %-9s sessions sent token(s) %s, all issued by Entra to tenant %s\n", tn.name, keys(tallies[tn].tokens), tn.tenantID)
+		p.printf("  %-9s sessions sent token(s) %s, all issued to identity %s\n", tn.name, keys(tallies[tn].tokens), tn.identity)
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%s", strings.Join(problems, "; "))
