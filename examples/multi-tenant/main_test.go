@@ -34,7 +34,7 @@ func TestMultiTenant(t *testing.T) {
 			}
 			// The fakes' tokens are "azuretest-" and hex; client ids are
 			// "azuretest-client-" and hex.
-			if !strings.Contains(text, "isolation holds") || regexp.MustCompile(`azuretest-[0-9a-f]`).MatchString(text) {
+			if !strings.Contains(text, "isolation holds") || regexp.MustCompile(`azuretest-[0-9a-f]{20}`).MatchString(text) {
 				t.Errorf("output:\n%s", text)
 			}
 		})
