@@ -4,7 +4,10 @@ package e2e
 // Copilot CLI 1.0.102 with default broker settings: ten sessions on one
 // shared azidentity ManagedIdentityCredential. The CLI retries a failed
 // token request (6 requests about 1 s apart) before failing the turn with
-// session.error; the broker's back-off floor answers those retries at once.
+// session.error. After a timeout the broker's back-off floor answers those
+// retries at once; after a fast failure its window is about a second, so a
+// retry may call the credential again (an endpoint back within the turn
+// saves it), but never more than once per request of the CLI.
 
 import (
 	"errors"
@@ -38,12 +41,14 @@ func TestTurnFailsWithinOneDeadline(t *testing.T) {
 		says     []string
 		requests int // the most the identity endpoint may see
 	}{
+		// azuresource lets azidentity retry once inside a call: two
+		// requests per credential call.
 		{"identity endpoint hangs", (*azuretest.Server).Hang, 45 * time.Second,
 			[]string{`shared credential "mi": timed out: credential did not answer within 30s; next try in `}, 2},
 		{"identity endpoint answers 500", func(f *azuretest.Server) {
 			f.Fail(500, `{"statusCode":500,"message":"identity service unavailable"}`)
 		}, 10 * time.Second,
-			[]string{`shared credential "mi": credential failed: `, "HTTP 500", "identity service unavailable", "; next try in "}, 2},
+			[]string{`shared credential "mi": credential failed: `, "HTTP 500", "identity service unavailable", "; next try in "}, 2 * 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t)
