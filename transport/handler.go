@@ -27,7 +27,7 @@ const (
 	CodeUnknownSession  = -32001
 	CodeUnknownProvider = -32002
 	CodeCredential      = -32003 // the credential failed, or is in back-off
-	CodeTimeout         = -32004
+	CodeTimeout         = -32004 // the credential, or a slot to call it, did not come in time
 	CodeInvalidToken    = -32005
 	CodeClosed          = -32006
 )
@@ -196,7 +196,7 @@ func toRPCError(err error) *jsonrpc2.Error {
 		code = jsonrpc2.CodeInvalidParams
 	case errors.Is(err, actors.ErrInvalidToken):
 		code = CodeInvalidToken
-	case errors.Is(err, actors.ErrTimeout):
+	case errors.Is(err, actors.ErrTimeout), errors.Is(err, actors.ErrNoCallSlot):
 		code = CodeTimeout
 	case errors.Is(err, actors.ErrCredential), errors.Is(err, actors.ErrBackoff):
 		code = CodeCredential

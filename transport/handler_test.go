@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -157,5 +158,31 @@ func TestHandlerPassesOtherMethods(t *testing.T) {
 	var rpcErr *jsonrpc2.Error
 	if !errors.As(err, &rpcErr) || rpcErr.Code != jsonrpc2.CodeMethodNotFound {
 		t.Fatalf("unknown method: %v", err)
+	}
+}
+
+// Every broker sentinel goes out with its code; the ones the table above
+// cannot provoke on a quiet connection (a wait for a call slot) included.
+func TestErrorCodes(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		code int64
+	}{
+		{actors.ErrUnknownSession, CodeUnknownSession},
+		{actors.ErrUnknownProvider, CodeUnknownProvider},
+		{actors.ErrScopeMismatch, jsonrpc2.CodeInvalidParams},
+		{actors.ErrInvalidToken, CodeInvalidToken},
+		{actors.ErrTimeout, CodeTimeout},
+		{actors.ErrNoCallSlot, CodeTimeout},
+		{actors.ErrCredential, CodeCredential},
+		{actors.ErrBackoff, CodeCredential},
+		{actors.ErrClosed, CodeClosed},
+		{context.Canceled, CodeClosed},
+		{errors.New("anything else"), jsonrpc2.CodeInternalError},
+	} {
+		wrapped := fmt.Errorf("session %q: %w", "s", tc.err)
+		if got := toRPCError(wrapped); got.Code != tc.code || got.Message != wrapped.Error() {
+			t.Errorf("%v: code %d, message %q; want %d and the error's text", tc.err, got.Code, got.Message, tc.code)
+		}
 	}
 }
