@@ -8,7 +8,7 @@ import (
 // Redacted replaces whatever Scrub cuts out.
 const Redacted = "[redacted]"
 
-// MinScrubLength is the shortest known value Scrub cuts out: a shorter one
+// minScrubLength is the shortest known value Scrub cuts out: a shorter one
 // would match ordinary words, and is no credential anyway.
 const minScrubLength = 6
 
@@ -28,7 +28,8 @@ var secretShapes = regexp.MustCompile(
 // quotes the token it is asked to replace does not leak it), JWT shapes,
 // "Bearer …" credentials, and the values of token-like keys (access_token,
 // refresh_token, client_secret, assertion, …) in key=value, key: value and
-// JSON forms. Known values shorter than MinScrubLength are ignored.
+// JSON forms. Known values shorter than 6 bytes are ignored: cutting them
+// would garble ordinary words.
 //
 // It is the one redaction rule of tokenbroker: the actors, azuresource and
 // oauth2source all use it. Correlate tokens with Fingerprint instead.
