@@ -58,15 +58,15 @@ func TestTurnErrorsMatchTheirSentinel(t *testing.T) {
 		}, want: []error{actors.ErrBackoff, actors.ErrCredential}, says: "next try in"},
 		{name: "no call slot", opts: actors.Options{MaxConcurrentCalls: 1, RequestTimeout: 100 * time.Millisecond},
 			setup: func(t *testing.T, b *actors.Broker, _ *client.Client, _ string) tokens.Source {
-				// 20 other tenants' calls hang: each holds the one slot for
-				// its lease (250 ms), 5 s in all, far more than the 100 ms
+				// 100 other tenants' calls hang: each holds the one slot for
+				// its lease (250 ms), 25 s in all, far more than the 100 ms
 				// the turn's token request may wait.
-				started := make(chan struct{}, 20)
+				started := make(chan struct{}, 100)
 				stuck := tokens.Func(func(ctx context.Context, r tokens.Request) (tokens.Token, error) {
 					started <- struct{}{}
 					return hang(ctx, r)
 				})
-				for i := range 20 {
+				for i := range 100 {
 					cred, err := b.NewCredential(fmt.Sprint("tenant-", i), "", stuck)
 					if err != nil {
 						t.Fatal(err)
@@ -77,10 +77,10 @@ func TestTurnErrorsMatchTheirSentinel(t *testing.T) {
 				return tokens.Static(tokens.Token{Value: "fine", ExpiresOn: time.Now().Add(time.Hour)})
 			}, want: []error{actors.ErrNoCallSlot}, says: "for a credential call slot"},
 		{name: "broker closed", setup: func(t *testing.T, b *actors.Broker, c *client.Client, url string) tokens.Source {
-			return tokens.Func(func(context.Context, tokens.Request) (tokens.Token, error) {
+			return tokens.Func(func(ctx context.Context, _ tokens.Request) (tokens.Token, error) {
 				go b.Close() // the service shuts down while the turn waits for its token
-				time.Sleep(100 * time.Millisecond)
-				return tokens.Token{Value: "late", ExpiresOn: time.Now().Add(time.Hour)}, nil
+				<-ctx.Done() // Close cancels the call
+				return tokens.Token{}, ctx.Err()
 			})
 		}, want: []error{actors.ErrClosed}, says: "broker closed"},
 	} {
