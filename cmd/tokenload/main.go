@@ -50,9 +50,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/cmd/tokenload/internal/telemetry"
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
 	"github.com/tokenbroker/tokenbroker/tokens"
-	"github.com/tokenbroker/tokenbroker/tracing/export"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
 
@@ -104,7 +104,7 @@ type config struct {
 	Check       string        `json:"check,omitempty"`
 	Outage      outage        `json:"outage"`
 
-	target export.Target
+	target telemetry.Target
 	checks []check
 	// defaulted lists the flags tokenload chose for this runtime, and why.
 	defaulted string
@@ -249,7 +249,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return bad("-check: %v", err)
 	}
 	cfg.checks = checks
-	target, err := export.ParseTarget(cfg.Trace)
+	target, err := telemetry.ParseTarget(cfg.Trace)
 	if err != nil {
 		return bad("-trace: %v", err)
 	}
@@ -308,9 +308,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 
 func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) (res *result, err error) {
 	col := newCollector(cfg.Providers)
-	providers, err := export.New(context.WithoutCancel(ctx), export.Config{
+	providers, err := telemetry.New(context.WithoutCancel(ctx), telemetry.Config{
 		Target:         cfg.target,
-		Metrics:        cfg.target.Kind != export.None,
+		Metrics:        cfg.target.Kind != telemetry.None,
 		ServiceName:    "tokenload",
 		SpanProcessors: []sdktrace.SpanProcessor{col},
 	})
@@ -373,7 +373,7 @@ func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) 
 	}
 
 	var tracer trace.Tracer
-	if cfg.target.Kind != export.None {
+	if cfg.target.Kind != telemetry.None {
 		tracer = providers.Tracer.Tracer("tokenload")
 	}
 	started := time.Now()

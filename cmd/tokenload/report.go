@@ -18,8 +18,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/tokenbroker/tokenbroker/cmd/tokenload/internal/telemetry"
 	"github.com/tokenbroker/tokenbroker/tracing"
-	"github.com/tokenbroker/tokenbroker/tracing/export"
 )
 
 // host describes where and with what the run was made.
@@ -158,7 +158,7 @@ func buildResult(cfg *config, d driver, col *collector, cr *credentials, started
 		Histograms: map[string][]bucket{"token_requests": col.total.logBuckets(), "turns": col.totalClient.logBuckets()},
 		Extra:      d.extra(),
 	}
-	if cfg.target.Kind != export.None {
+	if cfg.target.Kind != telemetry.None {
 		r.SlowRequests, r.SlowTurns = slices.Clone(col.slowRequests), slices.Clone(col.slowTurns)
 	}
 	if elapsed > 0 {
