@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"html/template"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -34,19 +36,18 @@ func writeReports(prefix string, r *result) error {
 // charts are the report's figures over time, in page order, and the
 // histograms.
 func charts(r *result) (overTime []chart, errorsChart chart, histograms []chart) {
-	var credLines []line
+	// Rates and counts in flight have charts of their own: a count of a
+	// few calls in flight would lie flat on the axis of a rate in the
+	// thousands. In-flight lines have colours of their own too.
+	var credLines, credFlight []line
 	if r.Config.Providers <= 4 {
 		for j := range r.Config.Providers {
-			c := palette[j%len(palette)]
-			credLines = append(credLines,
-				line{name: providerName(j) + " calls/s", color: c, value: always(func(p point) float64 { return p.CredPerS[j] })},
-				line{name: providerName(j) + " in flight (peak)", color: c, dash: true, value: always(func(p point) float64 { return float64(p.CredPeak[j]) })})
+			credLines = append(credLines, line{name: providerName(j) + " calls/s", color: palette[j], value: always(func(p point) float64 { return p.CredPerS[j] })})
+			credFlight = append(credFlight, line{name: providerName(j) + " in flight (peak)", color: inFlightPalette[j], value: always(func(p point) float64 { return float64(p.CredPeak[j]) })})
 		}
 	} else {
-		credLines = []line{
-			{name: "calls/s, all providers", color: palette[0], value: always(func(p point) float64 { return p.CredTotalPerS })},
-			{name: "in flight (peak), all providers", color: palette[0], dash: true, value: always(func(p point) float64 { return float64(p.CredTotalPeak) })},
-		}
+		credLines = []line{{name: "calls/s, all providers", color: palette[0], value: always(func(p point) float64 { return p.CredTotalPerS })}}
+		credFlight = []line{{name: "in flight (peak), all providers", color: inFlightPalette[0], value: always(func(p point) float64 { return float64(p.CredTotalPeak) })}}
 	}
 	// Stacked: each outcome's line is the sum of it and those below it,
 	// drawn top layer first so the lower ones cover the rest.
@@ -71,32 +72,50 @@ func charts(r *result) (overTime []chart, errorsChart chart, histograms []chart)
 			{name: "p99", color: palette[4], value: optional(f99)},
 		}
 	}
+	ops := r.OperationKind + "s" // turns, token requests
 	overTime = []chart{
-		timeChart("credential-calls", "Credential calls per second and in flight", "calls/s, calls in flight", r, false, credLines),
+		timeChart("credential-calls", "Credential calls per second", "calls/s", r, false, credLines),
+		smallTimeChart("credential-in-flight", "Credential calls in flight: the most at once in each interval", "calls in flight", r, credFlight),
 		timeChart("token-requests", "Token requests per second, by outcome (stacked)", "requests/s", r, false, stacked),
-		timeChart("token-latency", "Token request latency (log scale)", "latency", r, true,
-			quantiles(func(p point) *float64 { return p.P50 }, func(p point) *float64 { return p.P90 }, func(p point) *float64 { return p.P99 })),
 	}
+	if rate := r.Operations.Rate; rate > 0 {
+		overTime = append(overTime, timeChart("schedule", fmt.Sprintf("%s started per second against the target of %g/s (open loop)", capital(ops), rate), ops+" started/s", r, false, []line{
+			{name: fmt.Sprintf("target %g/s", rate), color: palette[5], dash: true, value: always(func(point) float64 { return rate })},
+			{name: "started/s", color: palette[0], value: always(func(p point) float64 { return p.StartedPerS })},
+			{name: "started late/s", color: palette[4], value: always(func(p point) float64 { return p.LatePerS })},
+		}))
+	}
+	overTime = append(overTime, timeChart("token-latency", "Token request latency (log scale)", "latency", r, true,
+		quantiles(func(p point) *float64 { return p.P50 }, func(p point) *float64 { return p.P90 }, func(p point) *float64 { return p.P99 })))
 	if r.HasTurns {
-		overTime = append(overTime,
-			timeChart("turns", "Turns per second and in flight", "turns/s, turns in flight", r, false, []line{
-				{name: "turns/s", color: palette[0], value: always(func(p point) float64 { return p.TurnsPerS })},
-				{name: "in flight", color: palette[0], dash: true, value: always(func(p point) float64 { return float64(p.TurnsAlive) })},
-			}),
-			timeChart("turn-latency", "Turn latency (log scale)", "latency", r, true,
-				quantiles(func(p point) *float64 { return p.TurnP50 }, func(p point) *float64 { return p.TurnP90 }, func(p point) *float64 { return p.TurnP99 })))
+		overTime = append(overTime, timeChart("turns", "Turns per second", "turns/s", r, false, []line{
+			{name: "turns/s", color: palette[0], value: always(func(p point) float64 { return p.TurnsPerS })},
+		}))
+	}
+	overTime = append(overTime,
+		smallTimeChart("in-flight", capital(ops)+" in flight at the end of each interval", ops+" in flight", r, []line{
+			{name: "in flight", color: inFlightPalette[0], value: always(func(p point) float64 { return float64(p.InFlight) })},
+		}),
+		smallTimeChart("oldest", "Age of the oldest unfinished "+r.OperationKind+" (a stall shows as a rising line)", "seconds", r, []line{
+			{name: "oldest unfinished", color: inFlightPalette[1], value: always(func(p point) float64 { return p.OldestS })},
+		}))
+	if r.HasTurns {
+		overTime = append(overTime, timeChart("turn-latency", "Turn latency (log scale)", "latency", r, true,
+			quantiles(func(p point) *float64 { return p.TurnP50 }, func(p point) *float64 { return p.TurnP90 }, func(p point) *float64 { return p.TurnP99 })))
 	}
 	errLines := []line{{name: "failed token requests/s", color: palette[4], value: always(func(p point) float64 { return p.TokenErrorsPerS() })}}
 	if r.HasTurns {
 		errLines = append(errLines, line{name: "failed turns/s", color: palette[5], dash: true, value: always(func(p point) float64 { return p.TurnErrorsPerS() })})
 	}
-	errorsChart = sizedTimeChart("errors", "Errors per second", "errors/s", r, false, errLines, 750)
-	histograms = []chart{histogramChart("token-latency-histogram", "Token request latency", r.Histograms["token_requests"], palette[0])}
+	errorsChart = sizedTimeChart("errors", "Errors per second", "errors/s", r, false, errLines, 750, 300)
+	histograms = []chart{histogramChart("token-latency-histogram", "Token request latency (unfinished at their age)", r.Histograms["token_requests"], palette[0])}
 	if r.HasTurns {
-		histograms = append(histograms, histogramChart("turn-latency-histogram", "Turn latency", r.Histograms["turns"], palette[3]))
+		histograms = append(histograms, histogramChart("turn-latency-histogram", "Turn latency (unfinished at their age)", r.Histograms["turns"], palette[3]))
 	}
 	return overTime, errorsChart, histograms
 }
+
+func capital(s string) string { return strings.ToUpper(s[:1]) + s[1:] }
 
 // TokenErrorsPerS and TurnErrorsPerS split ErrorsPerS by kind.
 func (p point) TokenErrorsPerS() float64 { return float64(p.TokenErrors) / p.Span }

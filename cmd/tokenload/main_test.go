@@ -161,9 +161,12 @@ func report(t *testing.T, prefix string) *result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"credential-calls", "token-requests", "token-latency", "errors", "token-latency-histogram"}
+	want := []string{"credential-calls", "credential-in-flight", "token-requests", "token-latency", "in-flight", "oldest", "errors", "token-latency-histogram"}
 	if r.HasTurns {
 		want = append(want, "turns", "turn-latency", "turn-latency-histogram")
+	}
+	if r.Config.Rate > 0 {
+		want = append(want, "schedule")
 	}
 	figs := regexp.MustCompile(`<figure class="chart" id="([a-z-]+)">`).FindAllSubmatch(html, -1)
 	if len(figs) != len(want) {
@@ -314,37 +317,46 @@ func TestSimRun(t *testing.T) {
 }
 
 // TestInFlight: a run that ends while every turn waits for a slow
-// credential counts those turns (and their token requests) in flight:
-// not as errors, not as zero-latency turns, not dropped.
+// credential counts those turns (and their token requests) unfinished, at
+// their age: not as errors, not dropped, and not as "no data".
 func TestInFlight(t *testing.T) {
 	prefix := filepath.Join(t.TempDir(), "inflight")
 	var stdout, stderr bytes.Buffer
 	code := run(context.Background(), []string{"-sessions", "3", "-concurrency", "3", "-cred-latency", "20s",
-		"-duration", "400ms", "-out", prefix, "-check", "turns_in_flight==3,turn_p50<1h"}, &stdout, &stderr, false)
+		"-duration", "400ms", "-out", prefix, "-check", "turns_in_flight==3,unfinished==3,turn_p50>=300ms,p50>=300ms,max_age<300ms"}, &stdout, &stderr, false)
 	if code != exitChecks {
-		t.Fatalf("exit %d, want %d (turn_p50 has no data): %s\n%s", code, exitChecks, stderr.String(), stdout.String())
+		t.Fatalf("exit %d, want %d (max_age is the run's length): %s\n%s", code, exitChecks, stderr.String(), stdout.String())
 	}
 	r := report(t, prefix)
 	if r.TurnsInFlight != 3 || r.RequestsInFlight != 3 || r.Turns != 0 || r.TurnErrors != 0 || len(r.Errors) != 0 {
 		t.Errorf("in flight: %d turns, %d requests; done %d, errors %d %v", r.TurnsInFlight, r.RequestsInFlight, r.Turns, r.TurnErrors, r.Errors)
 	}
-	if r.Checks[0].Pass != true || r.Checks[1].Pass || r.Checks[1].Actual != "no data" {
-		t.Errorf("checks %+v", r.Checks)
+	for i, want := range []bool{true, true, true, true, false} {
+		if r.Checks[i].Pass != want {
+			t.Errorf("check %s: pass %v, want %v (actual %s)", r.Checks[i].Expr, r.Checks[i].Pass, want, r.Checks[i].Actual)
+		}
 	}
-	for _, want := range []string{"in flight at the end 3", "  latency         no data"} {
+	if r.TurnLatency.Count != 3 || r.TurnLatency.Unfinished != 3 || r.Latency.Unfinished != 3 {
+		t.Errorf("turn latency %+v, token request latency %+v: want the 3 unfinished in them", r.TurnLatency, r.Latency)
+	}
+	for _, want := range []string{"in flight at the end 3", "(3 unfinished, at their age)", "closed loop", "3 at the end: 3 running"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, stdout.String())
 		}
 	}
 	html, _ := os.ReadFile(prefix + ".html")
-	for _, id := range []string{"turn-latency", "turn-latency-histogram", "token-latency"} {
+	// Over time, the charts draw finished turns only: none here.
+	for _, id := range []string{"turn-latency", "token-latency"} {
 		if !regexp.MustCompile(`id="` + id + `"><figcaption>[^<]*<b>[^<]*</b></figcaption><div class="nodata">no data</div>`).Match(html) {
 			t.Errorf("chart %s does not say no data", id)
 		}
 	}
-	for _, p := range r.Series {
-		if p.TurnsAlive != 3 || p.TurnP50 != nil {
+	for i, p := range r.Series {
+		if p.InFlight != 3 || p.TurnP50 != nil {
 			t.Errorf("point %+v: want 3 turns in flight and no latency", p)
+		}
+		if i > 0 && p.OldestS <= r.Series[i-1].OldestS {
+			t.Errorf("point %d: oldest %.3fs, not older than %.3fs before", i, p.OldestS, r.Series[i-1].OldestS)
 		}
 	}
 }

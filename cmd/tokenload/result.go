@@ -94,7 +94,15 @@ type result struct {
 	ElapsedS    float64   `json:"elapsed_s"`
 	Interrupted bool      `json:"interrupted"`
 
-	// Token requests, as the broker traced them.
+	// The load loop's operations: turns, or with -runtime direct the
+	// token requests it sends; their schedule (-rate: the open loop) and
+	// what of it the run kept.
+	OperationKind string       `json:"operation"` // "turn" or "token request"
+	Operations    ledgerReport `json:"operations"`
+	AchievedPerS  float64      `json:"operations_started_per_s"`
+
+	// Token requests, as the broker traced them; their latency is the load
+	// loop's with -runtime direct, else that of the broker's spans.
 	Methods          map[string]uint64 `json:"token_request_methods"`
 	Requests         uint64            `json:"token_requests"`
 	RequestsPerS     float64           `json:"token_requests_per_s"`
@@ -141,19 +149,31 @@ func buildResult(cfg *config, d driver, col *collector, cr *credentials, started
 		Tool: "tokenload", Host: thisHost(cfg.Args), Started: started.UTC(), Runtime: d.label(), Config: cfg, Mapping: d.mapping(),
 		DurationS: cfg.Duration.Seconds(), CredLatency: cfg.CredLatency.String(), Lifetime: cfg.Lifetime.String(), Interval: cfg.Interval.String(),
 		ElapsedS: elapsed.Seconds(), Interrupted: interrupted,
-		Methods: maps.Clone(col.methods), Requests: col.total.n, RequestsInFlight: col.reqAtEnd, Latency: col.total.summary(),
+		OperationKind: "turn", Operations: col.opsEnd,
+		Methods: maps.Clone(col.methods), RequestsInFlight: col.reqAtEnd, Latency: col.reqsEnd.Latency,
 		Outcomes: maps.Clone(col.outcomes), LowValidity: col.lowLeft, Refreshes: maps.Clone(col.refreshes), Leaks: col.leaks,
 		Credentials: map[string]creds{},
-		HasTurns:    d.turns(), Turns: col.totalClient.n, TurnErrors: col.turnErrors, TurnsInFlight: col.turnsAtEnd,
-		TurnLatency: col.totalClient.summary(),
-		Series:      slices.Clone(col.series), Outage: cfg.Outage.window(),
-		Histograms: map[string][]bucket{"token_requests": col.total.logBuckets(), "turns": col.totalClient.logBuckets()},
+		HasTurns:    d.turns(), Series: slices.Clone(col.series), Outage: cfg.Outage.window(),
+		Histograms: map[string][]bucket{"token_requests": col.reqsEnd.hist.logBuckets()},
 		Extra:      d.extra(),
 	}
+	for _, n := range col.methods {
+		r.Requests += n
+	}
+	slowRequests, slowTurns := mergeSlowest(col.slowRequests, col.reqsEnd.unfinished), mergeSlowest(col.slowOps, col.opsEnd.unfinished)
+	if d.turns() {
+		r.Turns, r.TurnErrors, r.TurnsInFlight, r.TurnLatency = col.opsEnd.Finished, col.opErrors, int(col.opsEnd.Running), col.opsEnd.Latency
+		r.Histograms["turns"] = col.opsEnd.hist.logBuckets()
+	} else {
+		r.OperationKind, r.Latency = "token request", col.opsEnd.Latency
+		r.Histograms["token_requests"] = col.opsEnd.hist.logBuckets()
+		slowRequests, slowTurns = slowTurns, nil
+	}
 	if cfg.target.Kind != telemetry.None {
-		r.SlowRequests, r.SlowTurns = slices.Clone(col.slowRequests), slices.Clone(col.slowTurns)
+		r.SlowRequests, r.SlowTurns = slowRequests, slowTurns
 	}
 	if elapsed > 0 {
+		r.AchievedPerS = float64(r.Operations.Started) / elapsed.Seconds()
 		r.RequestsPerS = float64(r.Requests) / elapsed.Seconds()
 		r.TurnsPerS = float64(r.Turns) / elapsed.Seconds()
 	}
@@ -184,6 +204,15 @@ func buildResult(cfg *config, d driver, col *collector, cr *credentials, started
 	return r
 }
 
+// mergeSlowest is the slowest of finished and unfinished, longest first.
+func mergeSlowest(finished, unfinished []slow) []slow {
+	out := slices.Clone(finished)
+	for _, s := range unfinished {
+		out = keepSlowest(out, s)
+	}
+	return out
+}
+
 // figures are the summary's named numbers that -check can test.
 func figures(r *result) map[string]figure {
 	count := func(n uint64) figure { return figure{Value: float64(n)} }
@@ -195,6 +224,7 @@ func figures(r *result) map[string]figure {
 		credFailures += c.Failures
 	}
 	tokenErrors := r.Outcomes[tracing.OutcomeError]
+	ops := r.Operations
 	return map[string]figure{
 		"requests":            count(r.Requests),
 		"requests_per_s":      {Value: r.RequestsPerS},
@@ -217,5 +247,9 @@ func figures(r *result) map[string]figure {
 		"low_validity":        count(r.LowValidity),
 		"leaks":               count(r.Leaks),
 		"turns_in_flight":     {Value: float64(r.TurnsInFlight)},
+		"achieved_rate":       {Value: r.AchievedPerS},
+		"late":                {Value: float64(ops.LateOrNever()), NoData: ops.Rate == 0},
+		"unfinished":          count(ops.Unfinished()),
+		"max_age":             {Value: ops.OldestS, IsDur: true},
 	}
 }

@@ -28,7 +28,11 @@ func latencyText(l latencySummary) string {
 		return "no data"
 	}
 	d := func(v float64) string { return fmtDur(time.Duration(v * 1e3)) }
-	return fmt.Sprintf("p50 %s  p90 %s  p99 %s  max %s", d(l.P50), d(l.P90), d(l.P99), d(l.Max))
+	s := fmt.Sprintf("p50 %s  p90 %s  p99 %s  max %s", d(l.P50), d(l.P90), d(l.P99), d(l.Max))
+	if l.Unfinished > 0 {
+		s += fmt.Sprintf("  (%d unfinished, at their age)", l.Unfinished)
+	}
+	return s
 }
 
 func fmtDur(d time.Duration) string {
@@ -114,6 +118,7 @@ func summaryLines(r *result) [][2]string {
 		elapsed += " (interrupted)"
 	}
 	rows = append(rows, [2]string{"elapsed", elapsed})
+	rows = append(rows, scheduleLines(r)...)
 	var methods []string
 	for _, m := range slices.Sorted(maps.Keys(r.Methods)) {
 		methods = append(methods, strings.TrimPrefix(m, "providerToken."))
@@ -170,6 +175,29 @@ func summaryLines(r *result) [][2]string {
 		[2]string{"< 60 s left", fmt.Sprintf("%d tokens served with less than 60 s of validity", r.LowValidity)},
 		[2]string{"leaks", fmt.Sprintf("%d token values found in telemetry", r.Leaks)})
 	return rows
+}
+
+// scheduleLines say how the load loop kept its schedule: in the open loop
+// the target and achieved rates and the operations started late or not at
+// all; in either, what was unfinished at the end and the oldest of it.
+func scheduleLines(r *result) [][2]string {
+	o, ops := r.Operations, r.OperationKind+"s"
+	var rows [][2]string
+	if o.Rate > 0 {
+		rows = append(rows,
+			[2]string{"schedule", fmt.Sprintf("open loop: target %g/s, achieved %s/s (%d %s started of %d due)", o.Rate, fmtRate(r.AchievedPerS), o.Started, ops, o.Due)},
+			[2]string{"  late", fmt.Sprintf("%d: %d started over %s after their slot, %d never started", o.LateOrNever(), o.Late, fmtDur(lateAfter), o.NeverStarted)})
+	} else {
+		rows = append(rows, [2]string{"schedule", fmt.Sprintf("closed loop (no -rate), %d requesters: achieved %s/s", r.Config.Concurrency, fmtRate(r.AchievedPerS))})
+	}
+	unfinished := fmt.Sprintf("%d at the end: %d running", o.Unfinished(), o.Running)
+	if o.Rate > 0 {
+		unfinished += fmt.Sprintf(", %d never started", o.NeverStarted)
+	}
+	if o.Unfinished() > 0 {
+		unfinished += fmt.Sprintf("; the oldest %s old", fmtDur(time.Duration(o.OldestS*float64(time.Second))))
+	}
+	return append(rows, [2]string{"  unfinished", unfinished})
 }
 
 // printSummary writes the summary, no line wider than summaryWidth.
