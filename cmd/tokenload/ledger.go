@@ -55,18 +55,19 @@ func (l *ledger) due(k uint64) time.Time {
 	return l.start.Add(time.Duration(float64(k) / l.rate * float64(time.Second)))
 }
 
-// dueBy is how many slots are due at or before t (slots 0..n-1).
-func (l *ledger) dueBy(t time.Time) uint64 {
-	if l.rate <= 0 || t.Before(l.start) {
+// dueBefore is how many slots are due before t (slots 0..n-1): a run
+// that ends at t had them to start.
+func (l *ledger) dueBefore(t time.Time) uint64 {
+	if l.rate <= 0 || !t.After(l.start) {
 		return 0
 	}
 	// The float estimate, then corrected against due itself, so that the
 	// count agrees exactly with the times handed out.
-	n := uint64(math.Floor(t.Sub(l.start).Seconds()*l.rate)) + 1
-	for n > 0 && l.due(n-1).After(t) {
+	n := uint64(math.Ceil(t.Sub(l.start).Seconds() * l.rate))
+	for n > 0 && !l.due(n-1).Before(t) {
 		n--
 	}
-	for !l.due(n).After(t) {
+	for l.due(n).Before(t) {
 		n++
 	}
 	return n
@@ -116,7 +117,7 @@ func (l *ledger) oldest(now time.Time) time.Duration {
 	for _, op := range l.open {
 		age = max(age, now.Sub(op.intended))
 	}
-	if l.rate > 0 && l.dueBy(now) > l.started {
+	if l.rate > 0 && l.dueBefore(now) > l.started {
 		// Slots start in order (the dispatcher hands them out so), so the
 		// first one not started is the oldest waiting.
 		age = max(age, now.Sub(l.due(l.started)))
@@ -127,7 +128,7 @@ func (l *ledger) oldest(now time.Time) time.Duration {
 // ledgerReport is what a closed ledger says about the run.
 type ledgerReport struct {
 	Rate         float64        `json:"target_per_s,omitempty"` // 0: closed loop
-	Due          uint64         `json:"due,omitempty"`          // open loop: slots due by the end
+	Due          uint64         `json:"due,omitempty"`          // open loop: slots due before the end
 	Started      uint64         `json:"started"`
 	Late         uint64         `json:"late,omitempty"` // started late, not counting those never started
 	NeverStarted uint64         `json:"never_started,omitempty"`
@@ -165,7 +166,7 @@ func (l *ledger) close(end time.Time) ledgerReport {
 	}
 	slices.SortFunc(r.unfinished, func(a, b slow) int { return int(b.duration - a.duration) })
 	if l.rate > 0 {
-		r.Due = l.dueBy(end)
+		r.Due = l.dueBefore(end)
 		if r.Due > l.started {
 			r.NeverStarted = r.Due - l.started
 			// Slots started..Due-1 (see oldest): each at its own age.

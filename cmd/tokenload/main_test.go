@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -522,5 +523,73 @@ func TestHist(t *testing.T) {
 	}
 	if n != h.n || bs[0].LoUS > 1 || bs[len(bs)-1].HiUS < 1000 {
 		t.Errorf("buckets %+v hold %d of %d", bs, n, h.n)
+	}
+}
+
+// TestStallOpenLoop: at a target rate, a credential that hangs stalls
+// every requester; the turns due meanwhile never start. The latencies
+// count the stalled and the never-started at their age, so p99 fails, and
+// the summary says what the schedule asked for and what it got. Without
+// the outage the same run passes.
+func TestStallOpenLoop(t *testing.T) {
+	// 50/s on 16 requesters: a load a busy machine carries under -race.
+	args := []string{"-sessions", "20", "-concurrency", "16", "-rate", "50", "-duration", "3s", "-check", "p99<1s,turn_p99<1s"}
+	prefix := filepath.Join(t.TempDir(), "stall")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), append(args, "-outage", "2s@800ms", "-outage-kind", "hang", "-out", prefix), &stdout, &stderr, false)
+	if code != exitChecks {
+		t.Fatalf("exit %d, want %d: %s\n%s", code, exitChecks, stderr.String(), stdout.String())
+	}
+	r := report(t, prefix)
+	o := r.Operations
+	t.Logf("operations: due %d, started %d, late %d, never started %d, running %d, oldest %.2fs", o.Due, o.Started, o.Late, o.NeverStarted, o.Running, o.OldestS)
+	// Every requester is stuck from about 0.8 s on: 16 running at the end,
+	// the slots due after the stuck ones never started (about 2 s at 50/s).
+	if o.Rate != 50 || o.Running != 16 || o.NeverStarted < 60 || o.Due != o.Started+o.NeverStarted || o.OldestS < 1.5 {
+		t.Errorf("operations %+v: want 16 running and dozens never started", o)
+	}
+	if r.AchievedPerS > 30 || r.Latency.P99 < 1.5e6 || r.TurnLatency.P99 < 1.5e6 || r.Latency.Unfinished == 0 || r.Latency.Unfinished != uint64(r.RequestsInFlight) {
+		t.Errorf("achieved %.1f/s, token request latency %+v, turn latency %+v", r.AchievedPerS, r.Latency, r.TurnLatency)
+	}
+	for _, want := range []string{"open loop: target 50/s, achieved", fmt.Sprintf("%d never started", o.NeverStarted),
+		fmt.Sprintf("%d at the end: 16 running", o.Unfinished()), "FAIL  p99<1s", "FAIL  turn_p99<1s"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	if f := r.Figures["late"]; f.Value != float64(o.LateOrNever()) || f.NoData {
+		t.Errorf("figure late %+v, want %d", f, o.LateOrNever())
+	}
+
+	stdout.Reset()
+	if code := run(context.Background(), append(args, "-out", prefix), &stdout, &stderr, false); code != exitOK {
+		t.Errorf("without the outage: exit %d:\n%s", code, stdout.String())
+	}
+}
+
+// TestStallClosedLoop: without a rate, the same hang leaves the requesters
+// stuck and starts nothing else; max_age catches it.
+func TestStallClosedLoop(t *testing.T) {
+	prefix := filepath.Join(t.TempDir(), "stall")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"-sessions", "20", "-concurrency", "8", "-duration", "3s", "-outage", "2s@800ms",
+		"-outage-kind", "hang", "-out", prefix, "-check", "max_age<1s,late==0"}, &stdout, &stderr, false)
+	if code != exitChecks {
+		t.Fatalf("exit %d, want %d: %s\n%s", code, exitChecks, stderr.String(), stdout.String())
+	}
+	r := report(t, prefix)
+	if o := r.Operations; o.Rate != 0 || o.Running != 8 || o.NeverStarted != 0 || o.OldestS < 1.5 {
+		t.Errorf("operations %+v: want 8 stuck, the oldest since about 0.8 s", o)
+	}
+	// late is the open loop's: no data here, so its check fails too.
+	if r.Checks[0].Pass || r.Checks[1].Pass || r.Checks[1].Actual != "no data" {
+		t.Errorf("checks %+v", r.Checks)
+	}
+	if !strings.Contains(stdout.String(), "closed loop (no -rate), 8 requesters") || !strings.Contains(stdout.String(), "FAIL  max_age<1s") {
+		t.Errorf("summary:\n%s", stdout.String())
+	}
+	// The oldest turn's age rises through the stall.
+	if n := len(r.Series); n < 2 || r.Series[n-1].OldestS < 1.5 {
+		t.Errorf("oldest over time: %+v", r.Series)
 	}
 }
