@@ -179,7 +179,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.Check, "check", "", "thresholds, e.g. 'p99<50ms,errors==0,credential_calls<=2,hit_ratio>=0.9' (exit status 3 when one fails)")
 	fs.DurationVar(&cfg.Interval, "interval", 0, "time-series interval in the report (default: duration/60, 100ms to 10s)")
 	fs.StringVar(&cfg.Out, "out", "tokenload-report", "report path prefix: writes PREFIX.json and PREFIX.html")
-	fs.StringVar(&cfg.Trace, "trace", "none", "export spans and metrics: none, stdout, stderr, file:PATH, otlp, otlp-grpc or otlp-http (OTLP endpoint from OTEL_EXPORTER_OTLP_*)")
+	fs.StringVar(&cfg.Trace, "trace", "none", "export spans and metrics: none, stdout, stderr, file:PATH, otlp, otlp-grpc or otlp-http (OTLP endpoint from OTEL_EXPORTER_OTLP_*; OTEL_METRICS_EXPORTER=none for spans only, e.g. to Jaeger)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: tokenload [flags]\n\nDrives a tokenbroker under load and writes a report.\n\n")
 		fs.PrintDefaults()

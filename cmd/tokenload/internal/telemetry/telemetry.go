@@ -15,7 +15,8 @@
 //
 // The OTLP exporters read their endpoint, headers, TLS settings and timeouts
 // from the standard OTEL_EXPORTER_OTLP_* environment variables (e.g.
-// OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318).
+// OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318); OTEL_METRICS_EXPORTER=none
+// exports no metrics.
 package telemetry
 
 import (
@@ -185,7 +186,9 @@ func New(ctx context.Context, cfg Config) (*Providers, error) {
 	for _, r := range cfg.MetricReaders {
 		mopts = append(mopts, sdkmetric.WithReader(r))
 	}
-	if cfg.Metrics {
+	// OTEL_METRICS_EXPORTER=none is the SDKs' standard way to send no
+	// metrics, e.g. to a tracing backend such as Jaeger that takes none.
+	if cfg.Metrics && os.Getenv("OTEL_METRICS_EXPORTER") != "none" {
 		metricExp, err := metricExporter(ctx, cfg.Target, w)
 		if err != nil {
 			if spanExp != nil {

@@ -321,6 +321,29 @@ func TestOTLPTargets(t *testing.T) {
 	}
 }
 
+// TestNoMetrics: OTEL_METRICS_EXPORTER=none leaves the metrics out (a
+// tracing backend such as Jaeger takes none) and the spans in.
+func TestNoMetrics(t *testing.T) {
+	c := &collector{}
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", c.serveGRPC(t))
+	t.Setenv("OTEL_METRICS_EXPORTER", "none")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := telemetry.New(ctx, telemetry.Config{Target: telemetry.Target{Kind: telemetry.OTLPGRPC}, Metrics: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exercise(t, p)
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !slices.Contains(c.spans, tracing.SpanRefresh) || len(c.metrics) != 0 {
+		t.Errorf("spans %v, metrics %v: want spans and no metrics", c.spans, c.metrics)
+	}
+}
+
 func TestOTLPUnsupportedProtocol(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
 	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "")
