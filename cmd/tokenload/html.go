@@ -163,10 +163,13 @@ code{font-size:.95em}
 <div class="hists">{{range .Slow}}<div><h3>{{.What}}</h3><table><tr><th>duration</th><th>trace id</th><th>at</th><th>what</th></tr>
 {{range .List}}<tr><td>{{dur .US}}</td><td><code>{{.TraceID}}</code></td><td>{{printf "%.2f" .AtS}} s</td><td>{{.What}}</td></tr>
 {{end}}</table></div>{{end}}</div>{{end}}
-<p>Token request latency is each request's span in the broker, from its arrival to its reply. Turn latency is from
-<code>session.send</code> to <code>session.idle</code> as the load loop saw it{{if .R.Config.Rate}}, counted from the moment the turn was due{{end}}.
-Each step of a chart is one interval of {{.R.Interval}}; gaps are intervals without samples. Turns and token requests still running
-when the run ended are counted in flight, not as errors; nothing after the end is plotted.</p>
+<p>{{if .R.HasTurns}}Token request latency is each request's span in the broker, from its arrival to its reply. Turn latency is from
+<code>session.send</code> to <code>session.idle</code> as the load loop saw it{{else}}Token request latency is as the load loop saw each request{{end}},
+{{if .R.Config.Rate}}counted from its slot in the schedule (the open loop, {{.R.Config.Rate}}/s), whether or not a requester was free then{{else}}counted
+from its start (the closed loop: a stalled requester starts nothing, which the age of the oldest unfinished operation shows){{end}}.
+Each step of a chart is one interval of {{.R.Interval}}; gaps are intervals without samples. The charts over time plot finished
+operations; those unfinished when the run ended ({{if .R.Config.Rate}}running, or due and never started{{else}}running{{end}}) are not
+errors: they count in the summary's percentiles and in the histograms at their age then. Nothing after the end is plotted.</p>
 </body></html>
 {{define "chart"}}<figure class="chart" id="{{.ID}}"><figcaption><b>{{.Title}}</b></figcaption>{{if .SVG}}{{.SVG}}{{else}}<div class="nodata">no data</div>{{end}}</figure>{{end}}
 `))

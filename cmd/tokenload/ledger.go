@@ -28,8 +28,7 @@ const lateAfter = 10 * time.Millisecond
 // Times are passed in, so a ledger runs a scripted schedule as well as a
 // real one. It is not safe for concurrent use (the collector locks it).
 type ledger struct {
-	start time.Time
-	rate  float64 // operations per second; 0: closed loop
+	schedule
 
 	open     map[uint64]openOp // started, not finished
 	latency  hist              // finished: end - intended
@@ -47,27 +46,34 @@ type openOp struct {
 }
 
 func newLedger(start time.Time, rate float64) *ledger {
-	return &ledger{start: start, rate: rate, open: map[uint64]openOp{}}
+	return &ledger{schedule: schedule{start: start, rate: rate}, open: map[uint64]openOp{}}
 }
 
-// due is when slot k of the open loop's schedule is intended to start.
-func (l *ledger) due(k uint64) time.Time {
-	return l.start.Add(time.Duration(float64(k) / l.rate * float64(time.Second)))
+// schedule is the open loop's timetable: slot k is due at start + k/rate.
+// A zero rate is the closed loop, which has none.
+type schedule struct {
+	start time.Time
+	rate  float64 // operations per second
+}
+
+// due is when slot k is intended to start.
+func (s schedule) due(k uint64) time.Time {
+	return s.start.Add(time.Duration(float64(k) / s.rate * float64(time.Second)))
 }
 
 // dueBefore is how many slots are due before t (slots 0..n-1): a run
 // that ends at t had them to start.
-func (l *ledger) dueBefore(t time.Time) uint64 {
-	if l.rate <= 0 || !t.After(l.start) {
+func (s schedule) dueBefore(t time.Time) uint64 {
+	if s.rate <= 0 || !t.After(s.start) {
 		return 0
 	}
 	// The float estimate, then corrected against due itself, so that the
 	// count agrees exactly with the times handed out.
-	n := uint64(math.Ceil(t.Sub(l.start).Seconds() * l.rate))
-	for n > 0 && !l.due(n-1).Before(t) {
+	n := uint64(math.Ceil(t.Sub(s.start).Seconds() * s.rate))
+	for n > 0 && !s.due(n-1).Before(t) {
 		n--
 	}
-	for l.due(n).Before(t) {
+	for s.due(n).Before(t) {
 		n++
 	}
 	return n

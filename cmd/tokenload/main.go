@@ -466,8 +466,7 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer tr
 	var wg sync.WaitGroup
 	if cfg.Rate > 0 {
 		slots := make(chan uint64)
-		sched := newLedger(start, cfg.Rate) // for due times only
-		wg.Go(func() { dispatch(runCtx, sched, slots) })
+		wg.Go(func() { dispatch(runCtx, schedule{start: start, rate: cfg.Rate}, slots) })
 		for w := range cfg.Concurrency {
 			wg.Go(func() {
 				for i := 0; ; i++ {
@@ -507,7 +506,7 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer tr
 
 // dispatch hands out the open loop's slots in order, each no earlier than
 // its due time, to whichever requester is free, until ctx ends.
-func dispatch(ctx context.Context, sched *ledger, slots chan<- uint64) {
+func dispatch(ctx context.Context, sched schedule, slots chan<- uint64) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	<-timer.C
@@ -549,8 +548,8 @@ const (
 func operate(runCtx context.Context, d driver, col *collector, tracer trace.Tracer, s slot, id uint64) {
 	started := time.Now()
 	intended := started
-	if col.ops.rate > 0 {
-		intended = col.ops.due(id)
+	if sched := col.ops.schedule; sched.rate > 0 { // set before the requesters start
+		intended = sched.due(id)
 	}
 	session := d.session(s)
 	opCtx, span := runCtx, trace.Span(nil)
