@@ -198,7 +198,13 @@ func checkInBrowser(t *testing.T, chromium, prefix string, r *result) {
 			peak = max(peak, value(p))
 		}
 		if peak == 0 {
-			t.Errorf("chart %s: the run had nothing in flight; the check needs some", id)
+			// The closed loop always has its requesters' operations in
+			// flight, and the cold start its credential calls; the open
+			// loop's short turns may all have ended at every tick.
+			if r.Config.Rate == 0 || id == "credential-in-flight" {
+				t.Errorf("chart %s: the run had nothing in flight; the check needs some", id)
+			}
+			continue
 		}
 		if c.Baseline == 0 {
 			t.Errorf("chart %s: no grid line at 0 found", id)
