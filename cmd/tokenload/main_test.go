@@ -324,7 +324,7 @@ func TestInFlight(t *testing.T) {
 	prefix := filepath.Join(t.TempDir(), "inflight")
 	var stdout, stderr bytes.Buffer
 	code := run(context.Background(), []string{"-sessions", "3", "-concurrency", "3", "-cred-latency", "20s",
-		"-duration", "400ms", "-out", prefix, "-check", "turns_in_flight==3,unfinished==3,turn_p50>=300ms,p50>=300ms,max_age<300ms"}, &stdout, &stderr, false)
+		"-duration", "400ms", "-out", prefix, "-check", "turns_in_flight==3,unfinished==3,turn_p50>=200ms,p50>=200ms,max_age<300ms"}, &stdout, &stderr, false)
 	if code != exitChecks {
 		t.Fatalf("exit %d, want %d (max_age is the run's length): %s\n%s", code, exitChecks, stderr.String(), stdout.String())
 	}
