@@ -185,7 +185,7 @@ func scheduleLines(r *result) [][2]string {
 	var rows [][2]string
 	if o.Rate > 0 {
 		rows = append(rows,
-			[2]string{"schedule", fmt.Sprintf("open loop: target %g/s, achieved %s/s (%d %s started of %d due)", o.Rate, fmtRate(r.AchievedPerS), o.Started, ops, o.Due)},
+			[2]string{"schedule", fmt.Sprintf("open loop: target %g/s, achieved %s/s; %d %s of %d due started", o.Rate, fmtRate(r.AchievedPerS), o.Started, ops, o.Due)},
 			[2]string{"  late", fmt.Sprintf("%d: %d started over %s after their slot, %d never started", o.LateOrNever(), o.Late, fmtDur(lateAfter), o.NeverStarted)})
 	} else {
 		rows = append(rows, [2]string{"schedule", fmt.Sprintf("closed loop (no -rate), %d requesters: achieved %s/s", r.Config.Concurrency, fmtRate(r.AchievedPerS))})
