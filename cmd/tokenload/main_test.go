@@ -540,6 +540,7 @@ func TestStallOpenLoop(t *testing.T) {
 	if code != exitChecks {
 		t.Fatalf("exit %d, want %d: %s\n%s", code, exitChecks, stderr.String(), stdout.String())
 	}
+	summaryFits(t, strings.Split(stdout.String(), "\nreport: ")[0]) // the path is the test's
 	r := report(t, prefix)
 	o := r.Operations
 	t.Logf("operations: due %d, started %d, late %d, never started %d, running %d, oldest %.2fs", o.Due, o.Started, o.Late, o.NeverStarted, o.Running, o.OldestS)
