@@ -1,7 +1,7 @@
 // Package tracing names what tokenbroker reports to OpenTelemetry: span and
 // metric names and attribute keys. The library itself depends only on the
-// OpenTelemetry API; programs that want an SDK set one up with the helpers
-// in tracing/export.
+// OpenTelemetry API; programs that want an SDK set one up themselves
+// (tracing/export prints spans as trees).
 package tracing
 
 import "go.opentelemetry.io/otel/attribute"

@@ -31,7 +31,7 @@ func newBenchRig(b *testing.B, runtime string, recorded bool) *benchRig {
 	ctx := context.Background()
 	cfg := &config{Runtime: runtime, Dialect: "getToken", Sessions: 100, Providers: 1, Concurrency: 64,
 		Duration: time.Hour, Lifetime: time.Hour, Credential: credFake}
-	col := newCollector(1)
+	col := newCollector(1, runtime == "direct")
 	var tp trace.TracerProvider = tracenoop.NewTracerProvider()
 	if recorded {
 		sdk := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(col))
@@ -56,7 +56,7 @@ func newBenchRig(b *testing.B, runtime string, recorded bool) *benchRig {
 	if err := d.open(ctx); err != nil {
 		b.Fatal(err)
 	}
-	col.begin(time.Now(), time.Second)
+	col.begin(time.Now(), time.Second, 0)
 	return &benchRig{d: d, col: col, recorded: recorded}
 }
 
@@ -75,9 +75,9 @@ func (r *benchRig) round(ops int) time.Duration {
 				}
 				s := slot{worker: w, iter: i, global: k}
 				if r.recorded {
-					operate(ctx, r.d, r.col, nil, s, time.Now())
+					operate(ctx, r.d, r.col, nil, s, uint64(k))
 				} else {
-					_, _ = r.d.op(ctx, s)
+					_ = r.d.op(ctx, s)
 				}
 			}
 		})

@@ -40,6 +40,14 @@ var palette = []color.Color{
 	color.RGBA{23, 190, 207, 255},  // teal
 }
 
+// inFlightPalette colours counts in flight, apart from the rates.
+var inFlightPalette = []color.Color{
+	color.RGBA{227, 119, 194, 255}, // pink
+	color.RGBA{188, 189, 34, 255},  // olive
+	color.RGBA{0, 110, 110, 255},   // dark cyan
+	color.RGBA{90, 90, 90, 255},    // dark grey
+}
+
 // outcomeColor keeps each outcome's colour across charts; errors are red.
 var outcomeColor = map[string]color.Color{
 	"hit": palette[2], "coalesced": palette[0], "refreshed": palette[1], "bare": palette[3], "error": palette[4],
@@ -95,12 +103,17 @@ func optional(f func(point) *float64) func(point) (float64, bool) {
 // timeChart draws lines over [0, end] seconds with the outage shaded. It
 // returns an empty SVG when no line has a value.
 func timeChart(id, title, ylabel string, r *result, logY bool, lines []line) chart {
-	return sizedTimeChart(id, title, ylabel, r, logY, lines, 1200)
+	return sizedTimeChart(id, title, ylabel, r, logY, lines, 1200, 300)
 }
 
-// sizedTimeChart is timeChart drawn width points wide (narrower charts
-// get larger type where the page shows them smaller).
-func sizedTimeChart(id, title, ylabel string, r *result, logY bool, lines []line, width float64) chart {
+// smallTimeChart is a low timeChart, for counts in flight.
+func smallTimeChart(id, title, ylabel string, r *result, lines []line) chart {
+	return sizedTimeChart(id, title, ylabel, r, false, lines, 1200, 180)
+}
+
+// sizedTimeChart is timeChart drawn width by height points (narrower
+// charts get larger type where the page shows them smaller).
+func sizedTimeChart(id, title, ylabel string, r *result, logY bool, lines []line, width, height float64) chart {
 	c := chart{ID: id, Title: title}
 	p := plot.New()
 	p.X.Label.Text = "seconds since the start"
@@ -163,9 +176,12 @@ func sizedTimeChart(id, title, ylabel string, r *result, logY bool, lines []line
 		p.Y.Min /= 2
 		p.Y.Max = top * 4 // headroom for the legend
 	} else {
-		p.Y.Max = math.Max(top*1.3, 1) // headroom for the legend
+		p.Y.Max = top * 1.3 // headroom for the legend
+		if top == 0 {
+			p.Y.Max = 1
+		}
 	}
-	c.SVG = render(p, width, 300)
+	c.SVG = render(p, width, height)
 	return c
 }
 

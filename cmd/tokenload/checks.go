@@ -53,6 +53,10 @@ var figureHelp = []struct{ name, what string }{
 	{"low_validity", "tokens served with < 60 s left"},
 	{"leaks", "token values found in telemetry"},
 	{"turns_in_flight", "turns still running at the end"},
+	{"achieved_rate", "operations (turns; token requests with -runtime direct) started per second"},
+	{"late", "open loop (-rate): operations started over 10ms after their slot, or never started"},
+	{"unfinished", "operations running at the end, or (open loop) due and never started"},
+	{"max_age", "age of the oldest unfinished operation at the end (catches a stall in either loop)"},
 }
 
 // check is one parsed threshold and, after evaluate, its verdict.

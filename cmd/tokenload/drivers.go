@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/actors"
 	"github.com/tokenbroker/tokenbroker/internal/copilotcli"
@@ -169,8 +171,10 @@ type driver interface {
 	mapping() string
 	// open creates the sessions.
 	open(ctx context.Context) error
-	// op performs one unit of load and returns the session it used.
-	op(ctx context.Context, s slot) (string, error)
+	// session names the session operation s uses.
+	session(s slot) string
+	// op performs one unit of load.
+	op(ctx context.Context, s slot) error
 	// invalidate drops every cached token.
 	invalidate()
 	// close ends the runtime connection (the broker is closed by the caller).
@@ -230,18 +234,26 @@ func (d *directDriver) open(context.Context) error {
 	return nil
 }
 
+// tokenParams is a token request; Meta carries the W3C trace context of
+// tokenload's span, which the broker continues (the MCP convention).
 type tokenParams struct {
-	SessionID    string `json:"sessionId"`
-	ProviderName string `json:"providerName"`
+	SessionID    string                 `json:"sessionId"`
+	ProviderName string                 `json:"providerName"`
+	Meta         propagation.MapCarrier `json:"_meta,omitempty"`
 }
 
-func (d *directDriver) op(ctx context.Context, s slot) (string, error) {
-	n := d.cfg.Sessions
-	p := tokenParams{SessionID: sessionName(s.global % n), ProviderName: providerName(s.global / n % d.cfg.Providers)}
+func (d *directDriver) session(s slot) string { return sessionName(s.global % d.cfg.Sessions) }
+
+func (d *directDriver) op(ctx context.Context, s slot) error {
+	p := tokenParams{SessionID: d.session(s), ProviderName: providerName(s.global / d.cfg.Sessions % d.cfg.Providers)}
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		p.Meta = propagation.MapCarrier{}
+		propagation.TraceContext{}.Inject(ctx, p.Meta)
+	}
 	var res struct {
 		Token string `json:"token"`
 	}
-	return p.SessionID, d.rt.Call(ctx, d.method, p, &res)
+	return d.rt.Call(ctx, d.method, p, &res)
 }
 
 func (d *directDriver) invalidate() { d.creds.invalidate(d.conn.Router()) }
@@ -298,7 +310,8 @@ func newTurnDriver(ctx context.Context, cfg *config, broker *actors.Broker, cred
 		d.desc = fmt.Sprintf("embedded simulator (%s dialect)", dialect)
 	case "tcp":
 		var conn net.Conn
-		conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Addr)
+		var dialer net.Dialer
+		conn, err = dialer.DialContext(ctx, "tcp", cfg.Addr)
 		if err == nil {
 			d.client, err = client.Connect(ctx, broker, conn, copts)
 		}
@@ -393,12 +406,18 @@ func (d *turnDriver) open(ctx context.Context) error {
 	}
 }
 
-// op runs one turn. Worker w takes sessions w, w+C, w+2C...: with C <= N no
+// sessionIndex: worker w takes sessions w, w+C, w+2C...: with C <= N no
 // two workers share a session.
-func (d *turnDriver) op(ctx context.Context, s slot) (string, error) {
-	i := (s.worker + s.iter*d.cfg.Concurrency) % d.cfg.Sessions
-	_, err := d.sessions[i].SendAndWait(ctx, "load test turn")
-	return sessionName(i), err
+func (d *turnDriver) sessionIndex(s slot) int {
+	return (s.worker + s.iter*d.cfg.Concurrency) % d.cfg.Sessions
+}
+
+func (d *turnDriver) session(s slot) string { return sessionName(d.sessionIndex(s)) }
+
+// op runs one turn.
+func (d *turnDriver) op(ctx context.Context, s slot) error {
+	_, err := d.sessions[d.sessionIndex(s)].SendAndWait(ctx, "load test turn")
+	return err
 }
 
 func (d *turnDriver) invalidate() { d.creds.invalidate(d.client.Router()) }

@@ -46,13 +46,16 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/cmd/tokenload/internal/telemetry"
 	"github.com/tokenbroker/tokenbroker/sessions/runtimesim"
 	"github.com/tokenbroker/tokenbroker/tokens"
-	"github.com/tokenbroker/tokenbroker/tracing/export"
+	"github.com/tokenbroker/tokenbroker/tracing"
 	"github.com/tokenbroker/tokenbroker/transport"
 )
 
@@ -104,7 +107,7 @@ type config struct {
 	Check       string        `json:"check,omitempty"`
 	Outage      outage        `json:"outage"`
 
-	target export.Target
+	target telemetry.Target
 	checks []check
 	// defaulted lists the flags tokenload chose for this runtime, and why.
 	defaulted string
@@ -117,6 +120,21 @@ const (
 	// identityMinLifetime leaves the broker a token it may serve.
 	identityMinLifetime = 2 * time.Minute
 )
+
+// loopHelp is the usage text's word on the two ways of driving the load
+// and on what catches a stall in each.
+const loopHelp = `
+Open and closed loop. An operation is a turn, or with -runtime direct a
+token request. With -rate R (the open loop) operation k is due at k/R s;
+its latency counts from then, whether or not a requester was free to start
+it, so a stall shows as latency: operations started over 10ms late are
+counted (late), and at the end those running or never started count
+(unfinished) and enter the percentiles at their age. Without -rate (the
+closed loop) each of -concurrency requesters starts its next operation
+when the last one ends, and a stalled requester starts nothing: the
+percentiles count the operations running at the end at their age, and
+max_age (the oldest one's age) catches a stall: e.g. -check 'max_age<1s'.
+`
 
 // errUsage marks errors that deserve the usage text and exit status 2.
 var errUsage = errors.New("usage")
@@ -146,7 +164,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.Providers, "providers", 1, "bearer-token providers per session")
 	fs.BoolVar(&cfg.Shared, "shared", false, "providers share one credential per provider name across sessions (default: one per session)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 64, "concurrent requesters (copilot: 2 per CPU, at most 8 per CPU)")
-	fs.Float64Var(&cfg.Rate, "rate", 0, "target operations per second (0: as fast as the requesters go)")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "target operations per second: the open loop, latency from each operation's slot in the schedule (0: the closed loop, each requester starts its next operation when the last ends)")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to run")
 	fs.StringVar(&cfg.Credential, "credential", credFake, "the credential: fake (in process) or identity (azidentity's ManagedIdentityCredential against an embedded App Service identity endpoint)")
 	fs.DurationVar(&cfg.CredLatency, "cred-latency", 0, "latency of each credential call (fake credential)")
@@ -161,10 +179,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.Check, "check", "", "thresholds, e.g. 'p99<50ms,errors==0,credential_calls<=2,hit_ratio>=0.9' (exit status 3 when one fails)")
 	fs.DurationVar(&cfg.Interval, "interval", 0, "time-series interval in the report (default: duration/60, 100ms to 10s)")
 	fs.StringVar(&cfg.Out, "out", "tokenload-report", "report path prefix: writes PREFIX.json and PREFIX.html")
-	fs.StringVar(&cfg.Trace, "trace", "none", "export spans and metrics: none, stdout, stderr, file:PATH, otlp, otlp-grpc or otlp-http (OTLP endpoint from OTEL_EXPORTER_OTLP_*)")
+	fs.StringVar(&cfg.Trace, "trace", "none", "export spans and metrics: none, stdout, stderr, file:PATH, otlp, otlp-grpc or otlp-http (OTLP endpoint from OTEL_EXPORTER_OTLP_*; OTEL_METRICS_EXPORTER=none for spans only, e.g. to Jaeger)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: tokenload [flags]\n\nDrives a tokenbroker under load and writes a report.\n\n")
 		fs.PrintDefaults()
+		fmt.Fprint(fs.Output(), loopHelp)
 		fmt.Fprintf(fs.Output(), "\nFigures for -check (NAME OP VALUE, OP one of < <= > >= == !=):\n")
 		for _, f := range figureHelp {
 			fmt.Fprintf(fs.Output(), "  %-20s %s\n", f.name, f.what)
@@ -249,7 +268,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return bad("-check: %v", err)
 	}
 	cfg.checks = checks
-	target, err := export.ParseTarget(cfg.Trace)
+	target, err := telemetry.ParseTarget(cfg.Trace)
 	if err != nil {
 		return bad("-trace: %v", err)
 	}
@@ -307,10 +326,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 }
 
 func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) (res *result, err error) {
-	col := newCollector(cfg.Providers)
-	providers, err := export.New(context.WithoutCancel(ctx), export.Config{
+	col := newCollector(cfg.Providers, cfg.Runtime == "direct")
+	providers, err := telemetry.New(context.WithoutCancel(ctx), telemetry.Config{
 		Target:         cfg.target,
-		Metrics:        cfg.target.Kind != export.None,
+		Metrics:        cfg.target.Kind != telemetry.None,
 		ServiceName:    "tokenload",
 		SpanProcessors: []sdktrace.SpanProcessor{col},
 	})
@@ -373,7 +392,7 @@ func load(ctx context.Context, cfg *config, stdout, stderr io.Writer, tty bool) 
 	}
 
 	var tracer trace.Tracer
-	if cfg.target.Kind != export.None {
+	if cfg.target.Kind != telemetry.None {
 		tracer = providers.Tracer.Tracer("tokenload")
 	}
 	started := time.Now()
@@ -401,13 +420,20 @@ func credKind(cfg *config) string {
 
 // drive runs the requesters until the duration ends or ctx is cancelled,
 // and returns how long they ran and whether they were interrupted. With a
-// tracer, each turn gets a span of its own, whose trace id the report
+// tracer, each operation gets a span of its own, whose trace id the report
 // lists for the slowest.
+//
+// With -rate (the open loop) a dispatcher hands out the schedule's slots
+// in order, each at its due time or, when no requester was free then, as
+// soon as one is: the ledger counts it late and its latency from its due
+// time, and the slots still waiting at the end count unfinished. Without
+// (the closed loop) each requester starts its next operation when the
+// last one ends.
 func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer trace.Tracer, stderr io.Writer, tty bool) (time.Duration, bool) {
 	runCtx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	start := time.Now()
-	col.begin(start, cfg.Interval)
+	col.begin(start, cfg.Interval, cfg.Rate)
 	cfg.Outage.begin(start)
 	if cfg.Outage.Length > 0 && cfg.Outage.Invalidate {
 		t := time.AfterFunc(cfg.Outage.At, d.invalidate)
@@ -437,37 +463,36 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer tr
 		}
 	})
 
-	var global atomic.Int64
 	var wg sync.WaitGroup
-	for w := range cfg.Concurrency {
-		wg.Go(func() {
-			for i := 0; runCtx.Err() == nil; i++ {
-				k := global.Add(1) - 1
-				t0 := time.Now()
-				if cfg.Rate > 0 {
-					// Open loop: the operation is due at its slot in the
-					// schedule, and its latency counts from then, so a
-					// stalled broker shows up as latency, not as fewer
-					// samples.
-					due := start.Add(time.Duration(float64(k) / cfg.Rate * float64(time.Second)))
-					if wait := time.Until(due); wait > 0 {
-						t := time.NewTimer(wait)
-						select {
-						case <-t.C:
-						case <-runCtx.Done():
-							t.Stop()
-							return
-						}
+	if cfg.Rate > 0 {
+		slots := make(chan uint64)
+		wg.Go(func() { dispatch(runCtx, schedule{start: start, rate: cfg.Rate}, slots) })
+		for w := range cfg.Concurrency {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					select {
+					case k := <-slots:
+						operate(runCtx, d, col, tracer, slot{worker: w, iter: i, global: int(k)}, k)
+					case <-runCtx.Done():
+						return
 					}
-					t0 = due
 				}
-				operate(runCtx, d, col, tracer, slot{worker: w, iter: i, global: int(k)}, t0)
-			}
-		})
+			})
+		}
+	} else {
+		var global atomic.Uint64
+		for w := range cfg.Concurrency {
+			wg.Go(func() {
+				for i := 0; runCtx.Err() == nil; i++ {
+					k := global.Add(1) - 1
+					operate(runCtx, d, col, tracer, slot{worker: w, iter: i, global: int(k)}, k)
+				}
+			})
+		}
 	}
 	<-runCtx.Done()
-	// Finish before the requesters return: the turns the end cuts short
-	// are in flight, not failures.
+	// Finish before the requesters return: the operations the end cuts
+	// short are unfinished, not failures.
 	end := time.Now()
 	col.finish(end)
 	wg.Wait()
@@ -479,26 +504,84 @@ func drive(ctx context.Context, cfg *config, d driver, col *collector, tracer tr
 	return end.Sub(start), ctx.Err() != nil
 }
 
-// operate performs one operation of the load loop, begun (or due) at t0,
-// and records it: a turn in the collector (with a span of its own when
-// tracer is set); a bare token request is recorded from the broker's span.
-func operate(runCtx context.Context, d driver, col *collector, tracer trace.Tracer, s slot, t0 time.Time) {
-	if !d.turns() {
-		_, _ = d.op(runCtx, s)
-		return
+// dispatch hands out the open loop's slots in order, each no earlier than
+// its due time, to whichever requester is free, until ctx ends.
+func dispatch(ctx context.Context, sched schedule, slots chan<- uint64) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for k := uint64(0); ; k++ {
+		if wait := time.Until(sched.due(k)); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				return
+			}
+		}
+		select {
+		case slots <- k:
+		case <-ctx.Done():
+			return
+		}
 	}
+}
+
+// Span names of tokenload's own operations.
+const (
+	spanTurn    = "tokenload.turn"
+	spanRequest = "tokenload.request" // -runtime direct: the broker's span is its child
+)
+
+// Attributes of tokenload's own spans.
+const (
+	attrStartDelay = attribute.Key("tokenload.start_delay_s") // how late it started after its slot (open loop)
+	attrUnfinished = attribute.Key("tokenload.unfinished")    // the end of the run cut it short
+)
+
+// operate performs operation id of the load loop (its slot, in the open
+// loop) and records it in the collector: from its intended start, with a
+// span of its own when tracer is set (starting then too, so its duration
+// is the latency counted). A turn's span is linked to the token requests
+// the runtime sent for its session meanwhile; a direct token request
+// carries its span's context to the broker.
+func operate(runCtx context.Context, d driver, col *collector, tracer trace.Tracer, s slot, id uint64) {
+	started := time.Now()
+	intended := started
+	if sched := col.ops.schedule; sched.rate > 0 { // set before the requesters start
+		intended = sched.due(id)
+	}
+	session := d.session(s)
 	opCtx, span := runCtx, trace.Span(nil)
+	var sc trace.SpanContext
 	if tracer != nil {
-		opCtx, span = tracer.Start(runCtx, "tokenload.turn")
+		name, kind := spanTurn, trace.SpanKindInternal
+		if !d.turns() {
+			name, kind = spanRequest, trace.SpanKindClient
+		}
+		opCtx, span = tracer.Start(runCtx, name, trace.WithTimestamp(intended), trace.WithSpanKind(kind),
+			trace.WithAttributes(tracing.SessionID.String(session)))
+		if delay := started.Sub(intended); delay > 0 {
+			span.SetAttributes(attrStartDelay.Float64(delay.Seconds()))
+		}
+		sc = span.SpanContext()
 	}
-	col.turnStart()
-	session, err := d.op(opCtx, s)
-	traceID := ""
+	col.opStart(id, started, session, sc)
+	err := d.op(opCtx, s)
+	// The end of the run may wake this requester before finish runs: an
+	// operation it cut short is unfinished.
+	cut := err != nil && runCtx.Err() != nil
+	links := col.opEnd(id, time.Now(), err, cut, session, sc)
 	if span != nil {
+		for _, l := range links {
+			span.AddLink(trace.Link{SpanContext: l, Attributes: []attribute.KeyValue{linkKind.String("token request")}})
+		}
+		if cut {
+			span.SetAttributes(attrUnfinished.Bool(true))
+		}
+		if err != nil {
+			span.SetStatus(codes.Error, tokens.Scrub(err.Error()))
+		}
 		span.End()
-		traceID = span.SpanContext().TraceID().String()
 	}
-	// The end of the run may wake this requester before finish runs: a
-	// turn it cut short is still in flight.
-	col.turnEnd(time.Since(t0), err, err != nil && runCtx.Err() != nil, traceID, session)
 }

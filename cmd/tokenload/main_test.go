@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -161,9 +162,12 @@ func report(t *testing.T, prefix string) *result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"credential-calls", "token-requests", "token-latency", "errors", "token-latency-histogram"}
+	want := []string{"credential-calls", "credential-in-flight", "token-requests", "token-latency", "in-flight", "oldest", "errors", "token-latency-histogram"}
 	if r.HasTurns {
 		want = append(want, "turns", "turn-latency", "turn-latency-histogram")
+	}
+	if r.Config.Rate > 0 {
+		want = append(want, "schedule")
 	}
 	figs := regexp.MustCompile(`<figure class="chart" id="([a-z-]+)">`).FindAllSubmatch(html, -1)
 	if len(figs) != len(want) {
@@ -314,37 +318,46 @@ func TestSimRun(t *testing.T) {
 }
 
 // TestInFlight: a run that ends while every turn waits for a slow
-// credential counts those turns (and their token requests) in flight:
-// not as errors, not as zero-latency turns, not dropped.
+// credential counts those turns (and their token requests) unfinished, at
+// their age: not as errors, not dropped, and not as "no data".
 func TestInFlight(t *testing.T) {
 	prefix := filepath.Join(t.TempDir(), "inflight")
 	var stdout, stderr bytes.Buffer
 	code := run(context.Background(), []string{"-sessions", "3", "-concurrency", "3", "-cred-latency", "20s",
-		"-duration", "400ms", "-out", prefix, "-check", "turns_in_flight==3,turn_p50<1h"}, &stdout, &stderr, false)
+		"-duration", "400ms", "-out", prefix, "-check", "turns_in_flight==3,unfinished==3,turn_p50>=200ms,p50>=200ms,max_age<300ms"}, &stdout, &stderr, false)
 	if code != exitChecks {
-		t.Fatalf("exit %d, want %d (turn_p50 has no data): %s\n%s", code, exitChecks, stderr.String(), stdout.String())
+		t.Fatalf("exit %d, want %d (max_age is the run's length): %s\n%s", code, exitChecks, stderr.String(), stdout.String())
 	}
 	r := report(t, prefix)
 	if r.TurnsInFlight != 3 || r.RequestsInFlight != 3 || r.Turns != 0 || r.TurnErrors != 0 || len(r.Errors) != 0 {
 		t.Errorf("in flight: %d turns, %d requests; done %d, errors %d %v", r.TurnsInFlight, r.RequestsInFlight, r.Turns, r.TurnErrors, r.Errors)
 	}
-	if r.Checks[0].Pass != true || r.Checks[1].Pass || r.Checks[1].Actual != "no data" {
-		t.Errorf("checks %+v", r.Checks)
+	for i, want := range []bool{true, true, true, true, false} {
+		if r.Checks[i].Pass != want {
+			t.Errorf("check %s: pass %v, want %v (actual %s)", r.Checks[i].Expr, r.Checks[i].Pass, want, r.Checks[i].Actual)
+		}
 	}
-	for _, want := range []string{"in flight at the end 3", "  latency         no data"} {
+	if r.TurnLatency.Count != 3 || r.TurnLatency.Unfinished != 3 || r.Latency.Unfinished != 3 {
+		t.Errorf("turn latency %+v, token request latency %+v: want the 3 unfinished in them", r.TurnLatency, r.Latency)
+	}
+	for _, want := range []string{"in flight at the end 3", "(3 unfinished, at their age)", "closed loop", "3 at the end: 3 running"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, stdout.String())
 		}
 	}
 	html, _ := os.ReadFile(prefix + ".html")
-	for _, id := range []string{"turn-latency", "turn-latency-histogram", "token-latency"} {
+	// Over time, the charts draw finished turns only: none here.
+	for _, id := range []string{"turn-latency", "token-latency"} {
 		if !regexp.MustCompile(`id="` + id + `"><figcaption>[^<]*<b>[^<]*</b></figcaption><div class="nodata">no data</div>`).Match(html) {
 			t.Errorf("chart %s does not say no data", id)
 		}
 	}
-	for _, p := range r.Series {
-		if p.TurnsAlive != 3 || p.TurnP50 != nil {
+	for i, p := range r.Series {
+		if p.InFlight != 3 || p.TurnP50 != nil {
 			t.Errorf("point %+v: want 3 turns in flight and no latency", p)
+		}
+		if i > 0 && p.OldestS <= r.Series[i-1].OldestS {
+			t.Errorf("point %d: oldest %.3fs, not older than %.3fs before", i, p.OldestS, r.Series[i-1].OldestS)
 		}
 	}
 }
@@ -510,5 +523,74 @@ func TestHist(t *testing.T) {
 	}
 	if n != h.n || bs[0].LoUS > 1 || bs[len(bs)-1].HiUS < 1000 {
 		t.Errorf("buckets %+v hold %d of %d", bs, n, h.n)
+	}
+}
+
+// TestStallOpenLoop: at a target rate, a credential that hangs stalls
+// every requester; the turns due meanwhile never start. The latencies
+// count the stalled and the never-started at their age, so p99 fails, and
+// the summary says what the schedule asked for and what it got. Without
+// the outage the same run passes.
+func TestStallOpenLoop(t *testing.T) {
+	// 50/s on 16 requesters: a load a busy machine carries under -race.
+	args := []string{"-sessions", "20", "-concurrency", "16", "-rate", "50", "-duration", "3s", "-check", "p99<1s,turn_p99<1s"}
+	prefix := filepath.Join(t.TempDir(), "stall")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), append(args, "-outage", "2s@800ms", "-outage-kind", "hang", "-out", prefix), &stdout, &stderr, false)
+	if code != exitChecks {
+		t.Fatalf("exit %d, want %d: %s\n%s", code, exitChecks, stderr.String(), stdout.String())
+	}
+	summaryFits(t, strings.Split(stdout.String(), "\nreport: ")[0]) // the path is the test's
+	r := report(t, prefix)
+	o := r.Operations
+	t.Logf("operations: due %d, started %d, late %d, never started %d, running %d, oldest %.2fs", o.Due, o.Started, o.Late, o.NeverStarted, o.Running, o.OldestS)
+	// Every requester is stuck from about 0.8 s on: 16 running at the end,
+	// the slots due after the stuck ones never started (about 2 s at 50/s).
+	if o.Rate != 50 || o.Running != 16 || o.NeverStarted < 60 || o.Due != o.Started+o.NeverStarted || o.OldestS < 1.5 {
+		t.Errorf("operations %+v: want 16 running and dozens never started", o)
+	}
+	if r.AchievedPerS > 30 || r.Latency.P99 < 1.5e6 || r.TurnLatency.P99 < 1.5e6 || r.Latency.Unfinished == 0 || r.Latency.Unfinished != uint64(r.RequestsInFlight) {
+		t.Errorf("achieved %.1f/s, token request latency %+v, turn latency %+v", r.AchievedPerS, r.Latency, r.TurnLatency)
+	}
+	for _, want := range []string{"open loop: target 50/s, achieved", fmt.Sprintf("%d never started", o.NeverStarted),
+		fmt.Sprintf("%d at the end: 16 running", o.Unfinished()), "FAIL  p99<1s", "FAIL  turn_p99<1s"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	if f := r.Figures["late"]; f.Value != float64(o.LateOrNever()) || f.NoData {
+		t.Errorf("figure late %+v, want %d", f, o.LateOrNever())
+	}
+
+	stdout.Reset()
+	if code := run(context.Background(), append(args, "-out", prefix), &stdout, &stderr, false); code != exitOK {
+		t.Errorf("without the outage: exit %d:\n%s", code, stdout.String())
+	}
+}
+
+// TestStallClosedLoop: without a rate, the same hang leaves the requesters
+// stuck and starts nothing else; max_age catches it.
+func TestStallClosedLoop(t *testing.T) {
+	prefix := filepath.Join(t.TempDir(), "stall")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"-sessions", "20", "-concurrency", "8", "-duration", "3s", "-outage", "2s@800ms",
+		"-outage-kind", "hang", "-out", prefix, "-check", "max_age<1s,late==0"}, &stdout, &stderr, false)
+	if code != exitChecks {
+		t.Fatalf("exit %d, want %d: %s\n%s", code, exitChecks, stderr.String(), stdout.String())
+	}
+	r := report(t, prefix)
+	if o := r.Operations; o.Rate != 0 || o.Running != 8 || o.NeverStarted != 0 || o.OldestS < 1.5 {
+		t.Errorf("operations %+v: want 8 stuck, the oldest since about 0.8 s", o)
+	}
+	// late is the open loop's: no data here, so its check fails too.
+	if r.Checks[0].Pass || r.Checks[1].Pass || r.Checks[1].Actual != "no data" {
+		t.Errorf("checks %+v", r.Checks)
+	}
+	if !strings.Contains(stdout.String(), "closed loop (no -rate), 8 requesters") || !strings.Contains(stdout.String(), "FAIL  max_age<1s") {
+		t.Errorf("summary:\n%s", stdout.String())
+	}
+	// The oldest turn's age rises through the stall.
+	if n := len(r.Series); n < 2 || r.Series[n-1].OldestS < 1.5 {
+		t.Errorf("oldest over time: %+v", r.Series)
 	}
 }

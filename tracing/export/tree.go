@@ -1,3 +1,8 @@
+// Package export helps programs that embed tokenbroker look at its spans:
+// TreePrinter, a span processor that prints each trace as an indented tree
+// (examples/quickstart -trace uses it). The library packages use only the
+// OpenTelemetry API; exporters to a tracing backend live with the programs
+// that need them (cmd/tokenload has its own module for them).
 package export
 
 import (

@@ -1,4 +1,4 @@
-package export_test
+package telemetry_test
 
 import (
 	"bufio"
@@ -18,8 +18,6 @@ import (
 	"testing"
 	"time"
 
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/trace"
 	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"go.uber.org/goleak"
@@ -27,11 +25,11 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tokenbroker/tokenbroker/actors"
+	"github.com/tokenbroker/tokenbroker/cmd/tokenload/internal/telemetry"
 	"github.com/tokenbroker/tokenbroker/internal/leakscan"
 	"github.com/tokenbroker/tokenbroker/internal/syncbuf"
 	"github.com/tokenbroker/tokenbroker/tokens"
 	"github.com/tokenbroker/tokenbroker/tracing"
-	"github.com/tokenbroker/tokenbroker/tracing/export"
 )
 
 func TestMain(m *testing.M) {
@@ -46,28 +44,28 @@ func TestMain(m *testing.M) {
 }
 
 func TestParseTarget(t *testing.T) {
-	for in, want := range map[string]export.Target{
-		"":          {Kind: export.None},
-		"none":      {Kind: export.None},
-		"stdout":    {Kind: export.Stdout},
-		"stderr":    {Kind: export.Stderr},
-		"otlp":      {Kind: export.OTLP},
-		"otlp-grpc": {Kind: export.OTLPGRPC},
-		"otlp-http": {Kind: export.OTLPHTTP},
-		"file:a/b":  {Kind: export.File, Path: "a/b"},
+	for in, want := range map[string]telemetry.Target{
+		"":          {Kind: telemetry.None},
+		"none":      {Kind: telemetry.None},
+		"stdout":    {Kind: telemetry.Stdout},
+		"stderr":    {Kind: telemetry.Stderr},
+		"otlp":      {Kind: telemetry.OTLP},
+		"otlp-grpc": {Kind: telemetry.OTLPGRPC},
+		"otlp-http": {Kind: telemetry.OTLPHTTP},
+		"file:a/b":  {Kind: telemetry.File, Path: "a/b"},
 	} {
-		got, err := export.ParseTarget(in)
+		got, err := telemetry.ParseTarget(in)
 		if err != nil || got != want {
 			t.Errorf("ParseTarget(%q) = %v, %v; want %v", in, got, err, want)
 		}
 		if in != "" {
-			if back, _ := export.ParseTarget(got.String()); back != got {
+			if back, _ := telemetry.ParseTarget(got.String()); back != got {
 				t.Errorf("%v does not round-trip", got)
 			}
 		}
 	}
 	for _, bad := range []string{"file:", "jaeger", "FILE:x", "otlp:grpc"} {
-		if _, err := export.ParseTarget(bad); err == nil {
+		if _, err := telemetry.ParseTarget(bad); err == nil {
 			t.Errorf("ParseTarget(%q) accepted", bad)
 		}
 	}
@@ -75,7 +73,7 @@ func TestParseTarget(t *testing.T) {
 
 // exercise runs one cold and one cached token request through a broker
 // using p, and returns the token value served.
-func exercise(t *testing.T, p *export.Providers) string {
+func exercise(t *testing.T, p *telemetry.Providers) string {
 	t.Helper()
 	b := actors.NewBroker(actors.Options{TracerProvider: p.Tracer, MeterProvider: p.Meter})
 	defer func() {
@@ -133,11 +131,11 @@ func TestStdoutAndFileTargets(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "telemetry.jsonl")
 	for _, target := range []string{"stdout", "file:" + file} {
 		t.Run(target, func(t *testing.T) {
-			tg, err := export.ParseTarget(target)
+			tg, err := telemetry.ParseTarget(target)
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := export.New(context.Background(), export.Config{Target: tg, Metrics: true, Writer: &buf, ServiceName: "export-test"})
+			p, err := telemetry.New(context.Background(), telemetry.Config{Target: tg, Metrics: true, Writer: &buf, ServiceName: "export-test"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -146,7 +144,7 @@ func TestStdoutAndFileTargets(t *testing.T) {
 				t.Fatal(err)
 			}
 			out := buf.Bytes()
-			if tg.Kind == export.File {
+			if tg.Kind == telemetry.File {
 				if out, err = os.ReadFile(file); err != nil {
 					t.Fatal(err)
 				}
@@ -304,13 +302,13 @@ func TestOTLPTargets(t *testing.T) {
 			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", tc.protocol)
 			t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "")
 			t.Setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "")
-			tg, err := export.ParseTarget(tc.target)
+			tg, err := telemetry.ParseTarget(tc.target)
 			if err != nil {
 				t.Fatal(err)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			p, err := export.New(ctx, export.Config{Target: tg, Metrics: true})
+			p, err := telemetry.New(ctx, telemetry.Config{Target: tg, Metrics: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -323,55 +321,33 @@ func TestOTLPTargets(t *testing.T) {
 	}
 }
 
-func TestOTLPUnsupportedProtocol(t *testing.T) {
-	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "")
-	if _, err := export.New(context.Background(), export.Config{Target: export.Target{Kind: export.OTLP}}); err == nil || !strings.Contains(err.Error(), "http/json") {
-		t.Fatalf("err = %v", err)
-	}
-}
-
-func TestTreePrinter(t *testing.T) {
-	tree := export.NewTreePrinter()
-	p, err := export.New(context.Background(), export.Config{SpanProcessors: []sdktrace.SpanProcessor{tree}})
+// TestNoMetrics: OTEL_METRICS_EXPORTER=none leaves the metrics out (a
+// tracing backend such as Jaeger takes none) and the spans in.
+func TestNoMetrics(t *testing.T) {
+	c := &collector{}
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", c.serveGRPC(t))
+	t.Setenv("OTEL_METRICS_EXPORTER", "none")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := telemetry.New(ctx, telemetry.Config{Target: telemetry.Target{Kind: telemetry.OTLPGRPC}, Metrics: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := p.Tracer.Tracer("test")
-	ctx, root := tr.Start(context.Background(), "root", trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(tracing.RPCSystem.String("jsonrpc"), tracing.RemainingSeconds.Float64(12.3456)))
-	_, child := tr.Start(ctx, "child", trace.WithAttributes(tracing.RefreshReason.String("cold")))
-	_, grandchild := tr.Start(trace.ContextWithSpan(ctx, child), "grandchild")
-	grandchild.End()
-	child.End()
-	_, second := tr.Start(ctx, "second-child")
-	second.End()
-	root.End()
-	_, linked := tr.Start(context.Background(), "linked", trace.WithLinks(trace.Link{SpanContext: root.SpanContext()}))
-	linked.End()
-	if err := p.Shutdown(context.Background()); err != nil {
+	exercise(t, p)
+	if err := p.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var out bytes.Buffer
-	if _, err := tree.WriteTo(&out); err != nil {
-		t.Fatal(err)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !slices.Contains(c.spans, tracing.SpanRefresh) || len(c.metrics) != 0 {
+		t.Errorf("spans %v, metrics %v: want spans and no metrics", c.spans, c.metrics)
 	}
-	var shape []string
-	for _, line := range strings.Split(strings.TrimRight(out.String(), "\n"), "\n") {
-		indent := len(line) - len(strings.TrimLeft(line, " "))
-		shape = append(shape, fmt.Sprintf("%d %s", indent, strings.Fields(line)[0]))
-	}
-	want := []string{"0 trace", "2 root", "4 child", "6 grandchild", "4 second-child", "0 trace", "2 linked"}
-	if !slices.Equal(shape, want) {
-		t.Fatalf("tree:\n%s\nshape %v, want %v", out.String(), shape, want)
-	}
-	text := out.String()
-	if strings.Contains(text, "rpc.system") {
-		t.Errorf("constant attribute printed:\n%s", text)
-	}
-	for _, want := range []string{"root server", "token.remaining_s=12.3\n", "refresh.reason=cold", "link=" + root.SpanContext().TraceID().String()} {
-		if !strings.Contains(text, want) {
-			t.Errorf("tree lacks %q:\n%s", want, text)
-		}
+}
+
+func TestOTLPUnsupportedProtocol(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "")
+	if _, err := telemetry.New(context.Background(), telemetry.Config{Target: telemetry.Target{Kind: telemetry.OTLP}}); err == nil || !strings.Contains(err.Error(), "http/json") {
+		t.Fatalf("err = %v", err)
 	}
 }

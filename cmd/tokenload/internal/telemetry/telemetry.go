@@ -1,7 +1,6 @@
-// Package export builds OpenTelemetry SDK providers for programs that embed
-// tokenbroker: examples, the load tool, tests. The library packages use
-// only the OpenTelemetry API; this package is where the SDK and its
-// exporters come in.
+// Package telemetry builds tokenload's OpenTelemetry SDK providers and
+// their exporters. It lives in tokenload's module so that the exporters
+// (and gRPC) stay out of the module graph of services that use tokenbroker.
 //
 // A Target names where telemetry goes:
 //
@@ -16,8 +15,9 @@
 //
 // The OTLP exporters read their endpoint, headers, TLS settings and timeouts
 // from the standard OTEL_EXPORTER_OTLP_* environment variables (e.g.
-// OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318).
-package export
+// OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318); OTEL_METRICS_EXPORTER=none
+// exports no metrics.
+package telemetry
 
 import (
 	"context"
@@ -70,11 +70,11 @@ func ParseTarget(s string) (Target, error) {
 	}
 	if path, ok := strings.CutPrefix(s, File+":"); ok {
 		if path == "" {
-			return Target{}, errors.New("export: file: target needs a path (file:PATH)")
+			return Target{}, errors.New("telemetry: file: target needs a path (file:PATH)")
 		}
 		return Target{Kind: File, Path: path}, nil
 	}
-	return Target{}, fmt.Errorf("export: unknown target %q (want none, stdout, stderr, file:PATH, otlp, otlp-grpc or otlp-http)", s)
+	return Target{}, fmt.Errorf("telemetry: unknown target %q (want none, stdout, stderr, file:PATH, otlp, otlp-grpc or otlp-http)", s)
 }
 
 // String is the flag form of t.
@@ -150,7 +150,7 @@ func New(ctx context.Context, cfg Config) (*Providers, error) {
 	case File:
 		f, err := os.OpenFile(cfg.Target.Path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
-			return nil, fmt.Errorf("export: %w", err)
+			return nil, fmt.Errorf("telemetry: %w", err)
 		}
 		w, p.closer = f, f
 	}
@@ -186,7 +186,9 @@ func New(ctx context.Context, cfg Config) (*Providers, error) {
 	for _, r := range cfg.MetricReaders {
 		mopts = append(mopts, sdkmetric.WithReader(r))
 	}
-	if cfg.Metrics {
+	// OTEL_METRICS_EXPORTER=none is the SDKs' standard way to send no
+	// metrics, e.g. to a tracing backend such as Jaeger that takes none.
+	if cfg.Metrics && os.Getenv("OTEL_METRICS_EXPORTER") != "none" {
 		metricExp, err := metricExporter(ctx, cfg.Target, w)
 		if err != nil {
 			if spanExp != nil {
@@ -232,7 +234,7 @@ func exporterKind(t Target, signal string) (string, error) {
 	case "grpc":
 		return OTLPGRPC, nil
 	}
-	return "", fmt.Errorf("export: OTLP protocol %q is not supported (want grpc or http/protobuf)", proto)
+	return "", fmt.Errorf("telemetry: OTLP protocol %q is not supported (want grpc or http/protobuf)", proto)
 }
 
 func spanExporter(ctx context.Context, t Target, w io.Writer) (sdktrace.SpanExporter, error) {
@@ -250,7 +252,7 @@ func spanExporter(ctx context.Context, t Target, w io.Writer) (sdktrace.SpanExpo
 	case OTLPHTTP:
 		return otlptracehttp.New(ctx)
 	}
-	return nil, fmt.Errorf("export: unknown target %q", t.Kind)
+	return nil, fmt.Errorf("telemetry: unknown target %q", t.Kind)
 }
 
 func metricExporter(ctx context.Context, t Target, w io.Writer) (sdkmetric.Exporter, error) {
@@ -268,7 +270,7 @@ func metricExporter(ctx context.Context, t Target, w io.Writer) (sdkmetric.Expor
 	case OTLPHTTP:
 		return otlpmetrichttp.New(ctx)
 	}
-	return nil, fmt.Errorf("export: unknown target %q", t.Kind)
+	return nil, fmt.Errorf("telemetry: unknown target %q", t.Kind)
 }
 
 type lockedWriter struct {
