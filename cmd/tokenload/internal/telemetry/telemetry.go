@@ -112,7 +112,7 @@ type Config struct {
 }
 
 // Providers are the SDK providers New built. Pass them to
-// actors.Options and transport.Options (or set them as the global ones);
+// actors.Options (connections inherit them), or set them as the global ones;
 // Shutdown flushes and closes what they export to.
 type Providers struct {
 	Tracer *sdktrace.TracerProvider
