@@ -4,7 +4,10 @@ package e2e
 // Copilot CLI 1.0.102 with default broker settings: ten sessions on one
 // shared azidentity ManagedIdentityCredential. The CLI retries a failed
 // token request (6 requests about 1 s apart) before failing the turn with
-// session.error; the broker's back-off floor answers those retries at once.
+// session.error. After a timeout the broker's back-off floor answers those
+// retries at once; after a fast failure its window is about a second, so a
+// retry may call the credential again (an endpoint back within the turn
+// saves it), but never more than once per request of the CLI.
 
 import (
 	"errors"
@@ -38,12 +41,24 @@ func TestTurnFailsWithinOneDeadline(t *testing.T) {
 		says     []string
 		requests int // the most the identity endpoint may see
 	}{
+		// azuresource lets azidentity retry once inside a call: two
+		// requests per credential call.
 		{"identity endpoint hangs", (*azuretest.Server).Hang, 45 * time.Second,
 			[]string{`shared credential "mi": timed out: credential did not answer within 30s; next try in `}, 2},
+		// The turn lasts the CLI's own 5 s of waits between its requests
+		// plus, for each of its 6 requests at most, one credential call:
+		// one retry 400-650 ms after the first 500 (azuresource's
+		// default). That is 5.5-9 s on an idle machine and was 10.1 s on
+		// a busy one; 20 s leaves room for a busy machine and still
+		// fails a call that waits out azidentity's own retry chain
+		// (3 retries, 7-11 s a call). Which of the CLI's requests call
+		// the credential depends on when they come, so its last one, the
+		// error the turn reports, may be the back-off's repetition of a
+		// failure ("; next try in ...") or a failure of its own.
 		{"identity endpoint answers 500", func(f *azuretest.Server) {
 			f.Fail(500, `{"statusCode":500,"message":"identity service unavailable"}`)
-		}, 10 * time.Second,
-			[]string{`shared credential "mi": credential failed: `, "HTTP 500", "identity service unavailable", "; next try in "}, 2},
+		}, 20 * time.Second,
+			[]string{`shared credential "mi": credential failed: `, "HTTP 500", "identity service unavailable"}, 2 * 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t)
