@@ -45,10 +45,20 @@ func TestTurnFailsWithinOneDeadline(t *testing.T) {
 		// requests per credential call.
 		{"identity endpoint hangs", (*azuretest.Server).Hang, 45 * time.Second,
 			[]string{`shared credential "mi": timed out: credential did not answer within 30s; next try in `}, 2},
+		// The turn lasts the CLI's own 5 s of waits between its requests
+		// plus, for each of its 6 requests at most, one credential call:
+		// one retry 400-650 ms after the first 500 (azuresource's
+		// default). That is 5.5-9 s on an idle machine and was 10.1 s on
+		// a busy one; 20 s leaves room for a busy machine and still
+		// fails a call that waits out azidentity's own retry chain
+		// (3 retries, 7-11 s a call). Which of the CLI's requests call
+		// the credential depends on when they come, so its last one, the
+		// error the turn reports, may be the back-off's repetition of a
+		// failure ("; next try in ...") or a failure of its own.
 		{"identity endpoint answers 500", func(f *azuretest.Server) {
 			f.Fail(500, `{"statusCode":500,"message":"identity service unavailable"}`)
-		}, 10 * time.Second,
-			[]string{`shared credential "mi": credential failed: `, "HTTP 500", "identity service unavailable", "; next try in "}, 2 * 6},
+		}, 20 * time.Second,
+			[]string{`shared credential "mi": credential failed: `, "HTTP 500", "identity service unavailable"}, 2 * 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t)

@@ -225,13 +225,22 @@ func TestPermissionRequestsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-sent
-	first := <-seen
-	if first.ToolCallID != "late" || first.Tool != "bash" {
-		t.Fatalf("the request after 400 quiet tools saw %+v, want tool bash", first)
+	// Every slot taken: the handler sees 256 requests, no more. The client
+	// takes slots in the order the events arrive, so they are the first
+	// 256 requests; the handlers run concurrently, so in any order.
+	want := map[string]bool{"late": true}
+	for i := 1; i < 256; i++ {
+		want[fmt.Sprintf("flood-%d", i)] = true
 	}
-	// Every slot taken: the handler sees 256 requests, no more.
-	for range 255 {
-		<-seen
+	for range 256 {
+		req := <-seen
+		if !want[req.ToolCallID] {
+			t.Fatalf("the handler saw %+v, not one of the first 256 requests, or twice", req)
+		}
+		delete(want, req.ToolCallID)
+		if req.ToolCallID == "late" && req.Tool != "bash" {
+			t.Fatalf("the request after 400 quiet tools saw %+v, want tool bash", req)
+		}
 	}
 	// Any answer from the runtime (this one: method not found) comes after
 	// its events, which the client handles in order.
