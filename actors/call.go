@@ -196,8 +196,9 @@ func (b *Broker) logPanic(p *provider, sp *sourcePanic) {
 // servedTokens is what a provider remembers of the tokens it served: the
 // last few values, so that a Source quoting one in an error (the token it
 // is asked to replace, say) does not leak it through the broker's
-// messages, and when it last warned of an expired one or logged a panic. It is allocated
-// with the first token: an idle session's providers carry a nil pointer.
+// messages, and when it last warned of an expired one or logged a panic.
+// It is allocated with the first token: an idle session's providers carry
+// a nil pointer.
 type servedTokens struct {
 	mu            sync.Mutex
 	values        [4]string

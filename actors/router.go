@@ -172,12 +172,7 @@ func (r *Router) Acquire(ctx context.Context, req tokens.Request) (Grant, error)
 	}
 	g, err := r.b.acquire(ctx, rt.p, s.pid, &acquire{session: s.id, provider: rt.name}, s.done, credDone)
 	if err != nil {
-		// The provider actor knows its credential, not who asked for it.
-		prefix := fmt.Sprintf("session %q: provider %q: ", s.id, rt.name)
-		if c := rt.p.shared; c != nil {
-			prefix += fmt.Sprintf("shared credential %q: ", c.Name())
-		}
-		err = &contextError{prefix: prefix, err: err}
+		err = s.named(rt, err)
 		s.noteFailure(err)
 		return g, err
 	}
@@ -235,11 +230,7 @@ func (r *Router) Rejected(sessionID, providerName string) error {
 		return err
 	}
 	if err := rt.p.rejected(s.served[rt.index].Load(), r.b.clock.Now()); err != nil {
-		prefix := fmt.Sprintf("session %q: provider %q: ", s.id, rt.name)
-		if c := rt.p.shared; c != nil {
-			prefix += fmt.Sprintf("shared credential %q: ", c.Name())
-		}
-		return &contextError{prefix: prefix, err: err}
+		return s.named(rt, err)
 	}
 	return nil
 }

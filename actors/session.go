@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -60,6 +61,16 @@ func (s *session) noteServed(rt *route, g Grant) {
 }
 
 func (s *session) noteFailure(err error) { s.failure.Store(&failure{err: err}) }
+
+// named puts the session, provider and shared credential in front of an
+// error from rt's provider, which knows its credential, not who asked.
+func (s *session) named(rt *route, err error) error {
+	prefix := fmt.Sprintf("session %q: provider %q: ", s.id, rt.name)
+	if c := rt.p.shared; c != nil {
+		prefix += fmt.Sprintf("shared credential %q: ", c.Name())
+	}
+	return &contextError{prefix: prefix, err: err}
+}
 
 func (s *session) close(root *actor.RootContext) {
 	s.once.Do(func() {
