@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -41,7 +40,7 @@ func (r *Router) Open(sessionID string, providers []Provider) error {
 	if sessionID == "" {
 		return errors.New("tokenbroker: Open: empty session id")
 	}
-	s := &session{id: sessionID, routes: make([]route, 0, len(providers)), served: make([]atomic.Uint64, len(providers)), done: make(chan struct{})}
+	s := &session{id: sessionID, routes: make([]route, 0, len(providers)), done: make(chan struct{})}
 	for _, pv := range providers {
 		if pv.Name == "" {
 			return fmt.Errorf("tokenbroker: Open %q: a provider has no name", sessionID)
@@ -52,7 +51,10 @@ func (r *Router) Open(sessionID string, providers []Provider) error {
 		if s.route(pv.Name) != nil {
 			return fmt.Errorf("tokenbroker: Open %q: provider %q declared twice", sessionID, pv.Name)
 		}
-		rt := route{name: pv.Name, scope: pv.Scope, index: len(s.routes)}
+		// Filled in place: a route holds an atomic and is never copied.
+		s.routes = s.routes[:len(s.routes)+1]
+		rt := &s.routes[len(s.routes)-1]
+		rt.name, rt.scope = pv.Name, pv.Scope
 		if c, ok := pv.Source.(*Credential); ok {
 			if c.p.b != r.b {
 				return fmt.Errorf("tokenbroker: Open %q: %s belongs to another broker", sessionID, c)
@@ -67,7 +69,6 @@ func (r *Router) Open(sessionID string, providers []Provider) error {
 		} else {
 			rt.p = &provider{b: r.b, name: pv.Name, scope: pv.Scope, src: pv.Source}
 		}
-		s.routes = append(s.routes, rt)
 	}
 
 	r.mu.Lock()
@@ -78,8 +79,8 @@ func (r *Router) Open(sessionID string, providers []Provider) error {
 	if _, dup := r.sessions[sessionID]; dup {
 		return newError(ErrSessionExists, nil, "session %q is already registered on this connection", sessionID)
 	}
-	for _, rt := range s.routes {
-		if c := rt.p.shared; c != nil {
+	for i := range s.routes {
+		if c := s.routes[i].p.shared; c != nil {
 			c.hold()
 		}
 	}
@@ -229,7 +230,7 @@ func (r *Router) Rejected(sessionID, providerName string) error {
 	if err != nil {
 		return err
 	}
-	if err := rt.p.rejected(s.served[rt.index].Load(), r.b.clock.Now()); err != nil {
+	if err := rt.p.rejected(rt.served.Load(), r.b.clock.Now()); err != nil {
 		return s.named(rt, err)
 	}
 	return nil

@@ -13,7 +13,6 @@ import (
 type session struct {
 	id     string
 	routes []route
-	served []atomic.Uint64 // by route: the token last served (Grant.gen), for Router.Rejected
 	// failure is the error of the latest token request, nil once one is
 	// served: see Router.LastError.
 	failure atomic.Pointer[failure]
@@ -23,10 +22,10 @@ type session struct {
 }
 
 type route struct {
-	name  string
-	scope string
-	index int // in session.routes
-	p     *provider
+	name   string
+	scope  string
+	p      *provider
+	served atomic.Uint64 // the token last served to the session (Grant.gen), for Router.Rejected
 }
 
 // index is the position of the route called name, -1 if none.
@@ -52,8 +51,8 @@ type failure struct{ err error }
 // the latest request succeeded, storing only on a change: the hot path
 // reads cache lines it rarely writes.
 func (s *session) noteServed(rt *route, g Grant) {
-	if s.served[rt.index].Load() != g.gen {
-		s.served[rt.index].Store(g.gen)
+	if rt.served.Load() != g.gen {
+		rt.served.Store(g.gen)
 	}
 	if s.failure.Load() != nil {
 		s.failure.Store(nil)
@@ -103,15 +102,15 @@ func (a *sessionActor) Receive(ctx actor.Context) {
 		a.children = make([]*actor.PID, len(a.s.routes))
 		// Per-session provider actors start on first use (see provider):
 		// an idle session holds one actor, not one per provider.
-		for i, r := range a.s.routes {
-			if r.p.shared != nil {
-				a.children[i] = r.p.shared.pid
+		for i := range a.s.routes {
+			if c := a.s.routes[i].p.shared; c != nil {
+				a.children[i] = c.pid
 			}
 		}
 		a.b.sessionsOpen.Add(1)
 	case *actor.Stopped:
-		for _, r := range a.s.routes {
-			if c := r.p.shared; c != nil {
+		for i := range a.s.routes {
+			if c := a.s.routes[i].p.shared; c != nil {
 				c.release()
 			}
 		}
