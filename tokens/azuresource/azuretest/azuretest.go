@@ -232,7 +232,10 @@ func (s *Server) SetLifetime(lifetime, refreshIn time.Duration) {
 // Fail makes token requests get status and body instead of a token;
 // Fail(0, "") issues tokens again. An empty body is the endpoint's usual
 // error for status: {"statusCode":…,"message":…} for managed identity,
-// {"error":…,"error_description":…} for Entra.
+// {"error":…,"error_description":…} for Entra. Under the race detector,
+// give an Entra credential that meets a retryable status no retries
+// (azuresource.WithRetry with MaxRetries -1): azcore rewinds a token
+// POST's body to retry while net/http may still be reading it.
 func (s *Server) Fail(status int, body string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/tokenbroker/tokenbroker/tokens"
@@ -80,7 +81,10 @@ func ExampleServer_Fail() {
 	if err != nil {
 		panic(err)
 	}
-	src := azuresource.New(cred)
+	// No retry inside a call: azcore rewinds a POST's body to retry it
+	// while net/http may still be reading it, which the race detector
+	// reports when a fake answers a failure at once.
+	src := azuresource.New(cred, azuresource.WithRetry(&policy.RetryOptions{MaxRetries: -1}))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
