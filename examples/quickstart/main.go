@@ -138,6 +138,9 @@ func run(ctx context.Context, out io.Writer, runtimeName, dialectName string, tu
 			if err != nil {
 				return fmt.Errorf("session %s turn %d: %w", s.ID(), i, err)
 			}
+			// The connection ends a request's span after sending its reply,
+			// so the turn can be over before the span is.
+			spans.settle(ctx)
 			if spans.total() == before {
 				p.printf("    token request   none: the runtime reused the token it cached until its expiresOnTimestamp\n")
 			}
@@ -264,10 +267,11 @@ func (p *printer) printf(format string, args ...any) {
 // spanPrinter prints each token request span as it ends and counts
 // outcomes per provider.
 type spanPrinter struct {
-	p   *printer
-	mu  sync.Mutex
-	n   map[string]map[string]int
-	all int
+	p       *printer
+	mu      sync.Mutex
+	n       map[string]map[string]int
+	all     int
+	started int
 }
 
 func (s *spanPrinter) total() int {
@@ -276,12 +280,36 @@ func (s *spanPrinter) total() int {
 	return s.all
 }
 
-func (s *spanPrinter) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
-func (s *spanPrinter) Shutdown(context.Context) error                  { return nil }
-func (s *spanPrinter) ForceFlush(context.Context) error                { return nil }
+// settle waits until every token request span started has ended, or ctx
+// does.
+func (s *spanPrinter) settle(ctx context.Context) {
+	for {
+		s.mu.Lock()
+		done := s.all == s.started
+		s.mu.Unlock()
+		if done || ctx.Err() != nil {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func isTokenRequest(span sdktrace.ReadOnlySpan) bool {
+	return span.Name() == transport.MethodAcquire || span.Name() == transport.MethodGetToken
+}
+
+func (s *spanPrinter) OnStart(_ context.Context, span sdktrace.ReadWriteSpan) {
+	if isTokenRequest(span) {
+		s.mu.Lock()
+		s.started++
+		s.mu.Unlock()
+	}
+}
+func (s *spanPrinter) Shutdown(context.Context) error   { return nil }
+func (s *spanPrinter) ForceFlush(context.Context) error { return nil }
 
 func (s *spanPrinter) OnEnd(span sdktrace.ReadOnlySpan) {
-	if span.Name() != transport.MethodAcquire && span.Name() != transport.MethodGetToken {
+	if !isTokenRequest(span) {
 		return
 	}
 	attrs := map[attribute.Key]attribute.Value{}
