@@ -74,7 +74,7 @@ func run(ctx context.Context, out io.Writer, runtimeName, dialectName string, tu
 
 	// Every token request ends a span; printing them as they end shows how
 	// each one was served. -trace also prints the whole trace at the end.
-	spans := &spanPrinter{p: p}
+	spans := &spanPrinter{p: p, ended: make(chan struct{}, 1)}
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithSpanProcessor(spans)}
 	var tree *export.TreePrinter
 	if showTrace {
@@ -272,6 +272,7 @@ type spanPrinter struct {
 	n       map[string]map[string]int
 	all     int
 	started int
+	ended   chan struct{} // a token request span ended; for settle
 }
 
 func (s *spanPrinter) total() int {
@@ -287,10 +288,14 @@ func (s *spanPrinter) settle(ctx context.Context) {
 		s.mu.Lock()
 		done := s.all == s.started
 		s.mu.Unlock()
-		if done || ctx.Err() != nil {
+		if done {
 			return
 		}
-		time.Sleep(time.Millisecond)
+		select {
+		case <-s.ended:
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
@@ -341,6 +346,10 @@ func (s *spanPrinter) OnEnd(span sdktrace.ReadOnlySpan) {
 	}
 	s.n[provider][outcome]++
 	s.all++
+	select {
+	case s.ended <- struct{}{}:
+	default: // settle has a wake-up pending already
+	}
 }
 
 func (s *spanPrinter) outcomes(provider string) string {
