@@ -224,22 +224,14 @@ func (c *collector) OnStart(_ context.Context, s sdktrace.ReadWriteSpan) {
 	if !isTokenRequest(s.Name()) {
 		return
 	}
-	var session, provider string
-	for _, kv := range s.Attributes() {
-		switch kv.Key {
-		case tracing.SessionID:
-			session = kv.Value.AsString()
-		case tracing.ProviderName:
-			provider = kv.Value.AsString()
-		}
-	}
+	a := readAttributes(s.Attributes())
 	c.mu.Lock()
 	c.reqInFlight++
 	if !c.opsAreRequests {
-		c.reqs.begin(spanKey(s.SpanContext()), s.StartTime(), s.SpanContext().TraceID().String(), session+" "+provider)
+		c.reqs.begin(spanKey(s.SpanContext()), s.StartTime(), s.SpanContext().TraceID().String(), a.session+" "+a.provider)
 	}
 	var turn trace.SpanContext
-	if open := c.turns[session]; len(open) == 1 { // several: which one is unknown
+	if open := c.turns[a.session]; len(open) == 1 { // several: which one is unknown
 		turn = open[0].span
 		if len(open[0].requests) < maxTurnLinks {
 			open[0].requests = append(open[0].requests, s.SpanContext())
@@ -260,28 +252,7 @@ func (c *collector) OnEnd(s sdktrace.ReadOnlySpan) {
 	if !request && name != tracing.SpanRefresh {
 		return
 	}
-	var outcome, reason, refreshOutcome, session, provider string
-	remaining, hasRemaining := 0.0, false
-	leak := strings.Contains(s.Status().Description, secretMarker)
-	for _, kv := range s.Attributes() {
-		switch kv.Key {
-		case tracing.Outcome:
-			outcome = kv.Value.AsString()
-		case tracing.RefreshReason:
-			reason = kv.Value.AsString()
-		case tracing.RefreshOutcome:
-			refreshOutcome = kv.Value.AsString()
-		case tracing.RemainingSeconds:
-			remaining, hasRemaining = kv.Value.AsFloat64(), true
-		case tracing.SessionID:
-			session = kv.Value.AsString()
-		case tracing.ProviderName:
-			provider = kv.Value.AsString()
-		}
-		if kv.Value.Type() == attribute.STRING && strings.Contains(kv.Value.AsString(), secretMarker) {
-			leak = true
-		}
-	}
+	a := readAttributes(s.Attributes())
 	d := s.EndTime().Sub(s.StartTime())
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -291,11 +262,11 @@ func (c *collector) OnEnd(s sdktrace.ReadOnlySpan) {
 	if c.finished {
 		return
 	}
-	if leak {
+	if a.leak || strings.Contains(s.Status().Description, secretMarker) {
 		c.leaks++
 	}
 	if !request {
-		c.refreshes[reason+"/"+refreshOutcome]++
+		c.refreshes[a.reason+"/"+a.refreshOutcome]++
 		return
 	}
 	c.methods[name]++
@@ -305,21 +276,52 @@ func (c *collector) OnEnd(s sdktrace.ReadOnlySpan) {
 			c.cur.req.add(d)
 		}
 	}
-	c.cur.outcomes[outcome]++
-	c.outcomes[outcome]++
-	if outcome == tracing.OutcomeError {
+	c.cur.outcomes[a.outcome]++
+	c.outcomes[a.outcome]++
+	if a.outcome == tracing.OutcomeError {
 		c.cur.tokenErrors++
 		c.errors[errorKey{"token request", normalizeError(s.Status().Description)}]++
 	}
-	if hasRemaining && remaining < 60 {
+	if a.hasRemaining && a.remaining < 60 {
 		c.lowLeft++
 	}
 	if c.running && !c.opsAreRequests {
 		c.slowRequests = keepSlowest(c.slowRequests, slow{
 			AtS: s.EndTime().Sub(c.start).Seconds(), US: us(d), duration: d, TraceID: s.SpanContext().TraceID().String(),
-			What: session + " " + provider + " " + outcome,
+			What: a.session + " " + a.provider + " " + a.outcome,
 		})
 	}
+}
+
+// spanAttributes is what the collector reads of a broker span's
+// attributes; leak is set when a string value carries a token.
+type spanAttributes struct {
+	session, provider, outcome, reason, refreshOutcome string
+	remaining                                          float64
+	hasRemaining, leak                                 bool
+}
+
+func readAttributes(kvs []attribute.KeyValue) (a spanAttributes) {
+	for _, kv := range kvs {
+		switch kv.Key {
+		case tracing.SessionID:
+			a.session = kv.Value.AsString()
+		case tracing.ProviderName:
+			a.provider = kv.Value.AsString()
+		case tracing.Outcome:
+			a.outcome = kv.Value.AsString()
+		case tracing.RefreshReason:
+			a.reason = kv.Value.AsString()
+		case tracing.RefreshOutcome:
+			a.refreshOutcome = kv.Value.AsString()
+		case tracing.RemainingSeconds:
+			a.remaining, a.hasRemaining = kv.Value.AsFloat64(), true
+		}
+		if kv.Value.Type() == attribute.STRING && strings.Contains(kv.Value.AsString(), secretMarker) {
+			a.leak = true
+		}
+	}
+	return a
 }
 
 // credStart and credEnd bracket one credential call of provider j.
@@ -367,9 +369,8 @@ func (c *collector) opStart(id uint64, started time.Time, session string, span t
 			c.turns[session] = append(c.turns[session], &openTurn{span: span})
 		}
 	}
-	intended := c.ops.begin(id, started, traceID, session)
 	c.cur.started++
-	if started.Sub(intended) > lateAfter {
+	if c.ops.begin(id, started, traceID, session) {
 		c.cur.late++
 	}
 }
@@ -454,9 +455,6 @@ func (c *collector) point(in *interval, from, to time.Time) point {
 		InFlight: c.ops.inFlight(), OldestS: c.ops.oldest(to).Seconds(),
 		StartedPerS: float64(in.started) / span, LatePerS: float64(in.late) / span,
 		CredCalls: slices.Clone(in.credCalls), CredPeak: slices.Clone(in.credPeak), CredTotalPeak: in.credTotalPeak,
-	}
-	if c.opsAreRequests {
-		p.Turns, p.TurnsPerS = 0, 0
 	}
 	for _, o := range outcomeOrder {
 		p.OutcomesPerS[o] = float64(in.outcomes[o]) / span

@@ -30,12 +30,11 @@ const lateAfter = 10 * time.Millisecond
 type ledger struct {
 	schedule
 
-	open     map[uint64]openOp // started, not finished
-	latency  hist              // finished: end - intended
-	started  uint64
-	late     uint64 // started more than lateAfter past their slot
-	finished uint64
-	closed   bool
+	open    map[uint64]openOp // started, not finished
+	latency hist              // finished: end - intended
+	started uint64
+	late    uint64 // started more than lateAfter past their slot
+	closed  bool
 }
 
 // openOp is an operation in flight.
@@ -79,23 +78,30 @@ func (s schedule) dueBefore(t time.Time) uint64 {
 	return n
 }
 
-// begin records that operation id started at started and returns its
-// intended start: the due time of slot id in the open loop, started in the
-// closed loop (where id only has to be unique).
-func (l *ledger) begin(id uint64, started time.Time, traceID, what string) time.Time {
-	intended := started
-	if l.rate > 0 {
-		intended = l.due(id)
+// intended is when operation id, started at started, was meant to start:
+// the due time of slot id in the open loop, started in the closed loop
+// (where id only has to be unique).
+func (s schedule) intended(id uint64, started time.Time) time.Time {
+	if s.rate > 0 {
+		return s.due(id)
 	}
+	return started
+}
+
+// begin records that operation id started at started, and reports whether
+// that was late: more than lateAfter past its intended start.
+func (l *ledger) begin(id uint64, started time.Time, traceID, what string) (late bool) {
 	if l.closed {
-		return intended
+		return false
 	}
+	intended := l.intended(id, started)
+	late = started.Sub(intended) > lateAfter
 	l.started++
-	if started.Sub(intended) > lateAfter {
+	if late {
 		l.late++
 	}
 	l.open[id] = openOp{intended: intended, traceID: traceID, what: what}
-	return intended
+	return late
 }
 
 // end records that operation id finished at at, and returns its latency
@@ -109,7 +115,6 @@ func (l *ledger) end(id uint64, at time.Time) (latency time.Duration, ok bool) {
 	delete(l.open, id)
 	latency = at.Sub(op.intended)
 	l.latency.add(latency)
-	l.finished++
 	return latency, true
 }
 
@@ -161,7 +166,7 @@ func (r ledgerReport) LateOrNever() uint64 { return r.Late + r.NeverStarted }
 // begin and end calls are ignored.
 func (l *ledger) close(end time.Time) ledgerReport {
 	l.closed = true
-	r := ledgerReport{Rate: l.rate, Started: l.started, Late: l.late, Finished: l.finished, Running: uint64(len(l.open))}
+	r := ledgerReport{Rate: l.rate, Started: l.started, Late: l.late, Finished: l.latency.n, Running: uint64(len(l.open))}
 	h := l.latency
 	var oldest time.Duration
 	for _, op := range l.open {

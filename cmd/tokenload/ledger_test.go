@@ -99,8 +99,11 @@ func TestLedgerClosedLoop(t *testing.T) {
 	l := newLedger(t0, 0)
 	for k := range uint64(99) {
 		start := t0.Add(time.Duration(k) * 10 * time.Millisecond)
-		if in := l.begin(k, start, "", ""); !in.Equal(start) {
+		if in := l.intended(k, start); !in.Equal(start) {
 			t.Fatalf("intended %v, want its start", in)
+		}
+		if l.begin(k, start, "", "") {
+			t.Fatal("late in the closed loop")
 		}
 		if d, _ := l.end(k, start.Add(time.Millisecond)); d != time.Millisecond {
 			t.Fatalf("latency %s", d)

@@ -141,9 +141,8 @@ var errUsage = errors.New("usage")
 
 // Copilot CLI limits: one CLI process on this kind of machine serves a
 // handful of turns at once (Node.js, one event loop); more requesters only
-// queue inside it, and the run measures that queue instead of the broker.
-// Measured on 2 cores: 4 requesters 19 turns/s (p50 0.18 s), 16 requesters
-// 14 turns/s (p50 1 s).
+// queue inside it, and the run measures that queue instead of the broker
+// (README.md, "The real CLI", has the measurements on 2 cores).
 const (
 	copilotPerCPU      = 2 // default requesters per CPU
 	copilotMaxPerCPU   = 8 // refused above this many per CPU
@@ -547,10 +546,7 @@ const (
 // carries its span's context to the broker.
 func operate(runCtx context.Context, d driver, col *collector, tracer trace.Tracer, s slot, id uint64) {
 	started := time.Now()
-	intended := started
-	if sched := col.ops.schedule; sched.rate > 0 { // set before the requesters start
-		intended = sched.due(id)
-	}
+	intended := col.ops.intended(id, started) // the schedule is set before the requesters start
 	session := d.session(s)
 	opCtx, span := runCtx, trace.Span(nil)
 	var sc trace.SpanContext
