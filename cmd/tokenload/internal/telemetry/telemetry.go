@@ -237,40 +237,40 @@ func exporterKind(t Target, signal string) (string, error) {
 	return "", fmt.Errorf("telemetry: OTLP protocol %q is not supported (want grpc or http/protobuf)", proto)
 }
 
-func spanExporter(ctx context.Context, t Target, w io.Writer) (sdktrace.SpanExporter, error) {
-	kind, err := exporterKind(t, "TRACES")
+// newExporter builds signal's (TRACES or METRICS) exporter for t: none
+// (nil), toWriter for the stdout, stderr and file targets, or OTLP over
+// gRPC or HTTP.
+func newExporter[E any](ctx context.Context, t Target, signal string, toWriter func() (E, error), grpc, http func(context.Context) (E, error)) (E, error) {
+	var none E
+	kind, err := exporterKind(t, signal)
 	if err != nil {
-		return nil, err
+		return none, err
 	}
 	switch kind {
 	case "", None:
-		return nil, nil
+		return none, nil
 	case Stdout, Stderr, File:
-		return stdouttrace.New(stdouttrace.WithWriter(w))
+		return toWriter()
 	case OTLPGRPC:
-		return otlptracegrpc.New(ctx)
+		return grpc(ctx)
 	case OTLPHTTP:
-		return otlptracehttp.New(ctx)
+		return http(ctx)
 	}
-	return nil, fmt.Errorf("telemetry: unknown target %q", t.Kind)
+	return none, fmt.Errorf("telemetry: unknown target %q", t.Kind)
+}
+
+func spanExporter(ctx context.Context, t Target, w io.Writer) (sdktrace.SpanExporter, error) {
+	return newExporter(ctx, t, "TRACES",
+		func() (sdktrace.SpanExporter, error) { return stdouttrace.New(stdouttrace.WithWriter(w)) },
+		func(ctx context.Context) (sdktrace.SpanExporter, error) { return otlptracegrpc.New(ctx) },
+		func(ctx context.Context) (sdktrace.SpanExporter, error) { return otlptracehttp.New(ctx) })
 }
 
 func metricExporter(ctx context.Context, t Target, w io.Writer) (sdkmetric.Exporter, error) {
-	kind, err := exporterKind(t, "METRICS")
-	if err != nil {
-		return nil, err
-	}
-	switch kind {
-	case "", None:
-		return nil, nil
-	case Stdout, Stderr, File:
-		return stdoutmetric.New(stdoutmetric.WithWriter(w))
-	case OTLPGRPC:
-		return otlpmetricgrpc.New(ctx)
-	case OTLPHTTP:
-		return otlpmetrichttp.New(ctx)
-	}
-	return nil, fmt.Errorf("telemetry: unknown target %q", t.Kind)
+	return newExporter(ctx, t, "METRICS",
+		func() (sdkmetric.Exporter, error) { return stdoutmetric.New(stdoutmetric.WithWriter(w)) },
+		func(ctx context.Context) (sdkmetric.Exporter, error) { return otlpmetricgrpc.New(ctx) },
+		func(ctx context.Context) (sdkmetric.Exporter, error) { return otlpmetrichttp.New(ctx) })
 }
 
 type lockedWriter struct {

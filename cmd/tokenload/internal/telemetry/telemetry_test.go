@@ -178,25 +178,25 @@ type collector struct {
 	metrics []string
 }
 
-func (c *collector) addTraces(req *coltracepb.ExportTraceServiceRequest) {
+// add records the span or metric names of an export request.
+func (c *collector) add(req proto.Message) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, rs := range req.GetResourceSpans() {
-		for _, ss := range rs.GetScopeSpans() {
-			for _, s := range ss.GetSpans() {
-				c.spans = append(c.spans, s.GetName())
+	switch req := req.(type) {
+	case *coltracepb.ExportTraceServiceRequest:
+		for _, rs := range req.GetResourceSpans() {
+			for _, ss := range rs.GetScopeSpans() {
+				for _, s := range ss.GetSpans() {
+					c.spans = append(c.spans, s.GetName())
+				}
 			}
 		}
-	}
-}
-
-func (c *collector) addMetrics(req *colmetricpb.ExportMetricsServiceRequest) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, rm := range req.GetResourceMetrics() {
-		for _, sm := range rm.GetScopeMetrics() {
-			for _, m := range sm.GetMetrics() {
-				c.metrics = append(c.metrics, m.GetName())
+	case *colmetricpb.ExportMetricsServiceRequest:
+		for _, rm := range req.GetResourceMetrics() {
+			for _, sm := range rm.GetScopeMetrics() {
+				for _, m := range sm.GetMetrics() {
+					c.metrics = append(c.metrics, m.GetName())
+				}
 			}
 		}
 	}
@@ -221,25 +221,21 @@ func (c *collector) serveHTTP(t *testing.T) string {
 			http.Error(w, "bad request", http.StatusBadRequest)
 			return
 		}
+		var req proto.Message
 		switch r.URL.Path {
 		case "/v1/traces":
-			var req coltracepb.ExportTraceServiceRequest
-			if proto.Unmarshal(body, &req) != nil {
-				http.Error(w, "bad protobuf", http.StatusBadRequest)
-				return
-			}
-			c.addTraces(&req)
+			req = &coltracepb.ExportTraceServiceRequest{}
 		case "/v1/metrics":
-			var req colmetricpb.ExportMetricsServiceRequest
-			if proto.Unmarshal(body, &req) != nil {
-				http.Error(w, "bad protobuf", http.StatusBadRequest)
-				return
-			}
-			c.addMetrics(&req)
+			req = &colmetricpb.ExportMetricsServiceRequest{}
 		default:
 			http.NotFound(w, r)
 			return
 		}
+		if proto.Unmarshal(body, req) != nil {
+			http.Error(w, "bad protobuf", http.StatusBadRequest)
+			return
+		}
+		c.add(req)
 		w.Header().Set("Content-Type", "application/x-protobuf")
 	}))
 	t.Cleanup(srv.Close)
@@ -252,7 +248,7 @@ type grpcTraces struct {
 }
 
 func (g grpcTraces) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
-	g.c.addTraces(req)
+	g.c.add(req)
 	return &coltracepb.ExportTraceServiceResponse{}, nil
 }
 
@@ -262,7 +258,7 @@ type grpcMetrics struct {
 }
 
 func (g grpcMetrics) Export(_ context.Context, req *colmetricpb.ExportMetricsServiceRequest) (*colmetricpb.ExportMetricsServiceResponse, error) {
-	g.c.addMetrics(req)
+	g.c.add(req)
 	return &colmetricpb.ExportMetricsServiceResponse{}, nil
 }
 
