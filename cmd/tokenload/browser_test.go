@@ -156,15 +156,12 @@ func checkInBrowser(t *testing.T, chromium, prefix string, r *result) {
 	if title != "tokenload report" {
 		t.Errorf("title %q", title)
 	}
-	want := []string{"credential-calls", "credential-in-flight", "token-requests", "token-latency", "turns", "in-flight", "oldest", "turn-latency", "errors"}
-	if r.Config.Rate > 0 {
-		want = append(want, "schedule")
-	}
+	overTimeIDs, histograms := wantCharts(r)
 	overTime := map[string]bool{}
-	for _, id := range want {
+	for _, id := range overTimeIDs {
 		overTime[id] = true
 	}
-	want = append(want, "token-latency-histogram", "turn-latency-histogram")
+	want := append(overTimeIDs, histograms...)
 	got := map[string]renderedChart{}
 	for _, c := range charts {
 		got[c.ID] = c

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -119,12 +120,11 @@ func startJaeger(t *testing.T, bin string) *jaeger {
 			}
 		}
 		deadline := time.Now().Add(90 * time.Second) // a cold start on a busy machine
+	poll:
 		for time.Now().Before(deadline) {
 			select {
 			case <-exited:
-				lastLog = j.log.String()
-				deadline = time.Time{}
-				continue
+				break poll
 			case <-time.After(200 * time.Millisecond):
 			}
 			if resp, err := jaegerHTTP.Get(j.query + "/api/services"); err == nil {
@@ -313,7 +313,7 @@ func TestTracesInJaeger(t *testing.T) {
 	window := url.Values{"query.service_name": {"tokenload"}, "query.start_time_min": {from.UTC().Format(time.RFC3339Nano)},
 		"query.start_time_max": {time.Now().Add(time.Minute).UTC().Format(time.RFC3339Nano)}, "query.num_traces": {"100000"}} // all of them: a quiet machine makes thousands
 	search := func(operation string) []byte {
-		q := cloneQuery(window)
+		q := maps.Clone(window)
 		if operation != "" {
 			q.Set("query.operation_name", operation)
 		}
@@ -398,12 +398,4 @@ func checkAttributes(t *testing.T, s otlpSpan, keys []string) {
 			t.Errorf("span %s (%s) lacks %s: %+v", s.Name, s.SpanID, k, s.Attributes)
 		}
 	}
-}
-
-func cloneQuery(v url.Values) url.Values {
-	out := url.Values{}
-	for k, vs := range v {
-		out[k] = append([]string(nil), vs...)
-	}
-	return out
 }
