@@ -14,10 +14,10 @@ import (
 const DefaultMaxConcurrentCalls = 64
 
 // callLease is how long a credential call holds its slot of the broker's
-// limit. Healthy identity endpoints answer well within it (managed
-// identity in tens of milliseconds, Entra ID in a few hundred); a call
-// still running after it is stuck or slow, and keeps running until its own
-// deadline without keeping other tenants' calls out. With 64 slots, calls
+// limit. A managed identity endpoint answers well within it (tens of
+// milliseconds); a slower call (Entra ID can take a few hundred) or a stuck
+// one keeps running until its own deadline without keeping other tenants'
+// calls out, and only lets the next call start early. With 64 slots, calls
 // start at 256 per second at least however many hang: 300 hung tenants
 // delay a healthy one by about a second, once.
 const callLease = 250 * time.Millisecond

@@ -9,6 +9,7 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -521,6 +522,57 @@ func TestConnUnreadRepliesUseBoundedMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	readReply()
+}
+
+// Requests waiting for a token hold their method and id, not their
+// params: 16 requests padded with 1 MiB each (in params, _meta and an extra
+// top-level field), all waiting on a hung credential, hold far less than
+// the 16 MiB they carried (without the drop they hold all of it).
+func TestConnWaitingRequestsDropTheirPadding(t *testing.T) {
+	const inFlight = 16
+	const padding = 1 << 20
+	verifyNoLeaks(t)
+	b := newTestBroker(t, actors.Options{})
+	src := newBlockingSource("tok-pad")
+	clientEnd, runtimeEnd := net.Pipe()
+	client := NewConn(context.Background(), b, clientEnd, nil, ConnOptions{MaxInFlight: inFlight})
+	t.Cleanup(func() {
+		close(src.release)
+		_ = runtimeEnd.Close()
+		_ = client.Close()
+	})
+	if err := client.Router().Open("s", []actors.Provider{{Name: "p", Source: src}}); err != nil {
+		t.Fatal(err)
+	}
+	// Read the replies the runtime gets at the end, so that no write waits.
+	go func() { _, _ = io.Copy(io.Discard, runtimeEnd) }()
+
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	pad := `"` + strings.Repeat("x", padding/3) + `"`
+	w := bufio.NewWriter(runtimeEnd)
+	for id := range inFlight {
+		body := `{"jsonrpc":"2.0","id":` + strconv.Itoa(id) + `,"method":"providerToken.getToken","pad":` + pad +
+			`,"params":{"sessionId":"s","providerName":"p","pad":` + pad + `,"_meta":{"pad":` + pad + `}}}`
+		if _, err := w.WriteString(frame(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the credential call", src.started)
+	eventually(t, "every request in flight", func() bool { return len(client.slots) == inFlight })
+
+	var waiting runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&waiting)
+	held := int64(waiting.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("%d requests of %d KiB waiting: heap %+d KiB", inFlight, padding>>10, held>>10)
+	if held > inFlight*padding/2 {
+		t.Errorf("%d waiting requests hold %d MiB: their padding was kept", inFlight, held>>20)
+	}
 }
 
 // A runtime that never reads its replies ends the connection after

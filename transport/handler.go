@@ -135,6 +135,10 @@ func (h *tokenHandler) serve(ctx context.Context, conn *jsonrpc2.Conn, req *json
 		reqMeta = *req.Meta
 	}
 	ctx = extractTrace(ctx, meta, reqMeta)
+	// A request may wait its whole deadline for a token; it waits with its
+	// method and id only, so that a peer padding its requests cannot make
+	// MaxInFlight of them hold MaxFrameSize each.
+	req.Params, req.Meta, req.ExtraFields = nil, nil, nil
 	ctx, rec := h.obs.Start(ctx, d, treq.SessionID, treq.ProviderName,
 		tracing.RPCSystem.String("jsonrpc"),
 		tracing.RPCMethod.String(req.Method),
